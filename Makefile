@@ -1,0 +1,38 @@
+# The two set-up commands of the README: `make run` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+# Real peers and tools the tests start themselves (see tests/peers/).
+APT_PACKAGES = openssh-server nginx prometheus iptables nftables iproute2 iputils-ping openssl ca-certificates
+APT_BINARIES = /usr/sbin/sshd /usr/sbin/nginx /usr/bin/promtool /usr/sbin/iptables-nft /usr/sbin/nft /usr/bin/ping /usr/bin/openssl
+
+.PHONY: run test lint typecheck pytest system-packages clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/certero-flow-exporter serve
+
+system-packages:
+	@missing=0; for binary in $(APT_BINARIES); do [ -x $$binary ] || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy --strict exporter tests bench
+
+pytest: system-packages $(VENV)/.installed
+	$(VENV)/bin/pytest
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info

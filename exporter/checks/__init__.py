@@ -1,0 +1,19 @@
+"""The registry of protocol checks: check id → its settings model and coroutine.
+
+Adding a protocol means adding one module beside this file and one line here; the scheduler,
+store, collector and web server only ever see `CheckSpec`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from exporter.checks import https, icmp, ssh, tcp, tls
+from exporter.checks.base import AnyCheckSpec, CheckContext, CheckSettings, CheckSpec, Target
+
+CHECKS: Mapping[str, AnyCheckSpec] = {
+    spec.name: spec
+    for spec in (tcp.SPEC, tls.SPEC, https.HTTPS_SPEC, https.HTTP_SPEC, icmp.SPEC, ssh.SPEC)
+}
+
+__all__ = ["CHECKS", "AnyCheckSpec", "CheckContext", "CheckSettings", "CheckSpec", "Target"]

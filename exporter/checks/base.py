@@ -1,0 +1,135 @@
+"""The one shape every protocol check shares.
+
+A check is `async def run(target, settings, context) -> CheckResult`. The context carries the
+deadline, times phases, collects per-run debug lines (for `/probe?debug=true`), and gathers
+what was learnt about the peer so that a failure still reports it (a certificate that failed
+verification still has an expiry date).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from exporter.result import CheckResult, PeerInfo, Phase, Result
+
+
+class CheckSettings(BaseModel):
+    """Base of every check's settings model: strict, immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One destination: a host name or IP literal, and the port where the check needs one."""
+
+    host: str
+    port: int | None = None
+
+    @property
+    def is_ip_literal(self) -> bool:
+        """True when no name resolution is needed."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+
+class CheckContext:
+    """Per-run state handed to a check: deadline, phase timer, debug log and peer facts."""
+
+    def __init__(self, timeout_seconds: float, *, capture_log: bool = False) -> None:
+        self.timeout_seconds = timeout_seconds
+        self.started = time.perf_counter()
+        self.phases: dict[Phase, float] = {}
+        self.current_phase: Phase | None = None
+        self.peer: PeerInfo | None = None
+        self.address = ""
+        self.tls_cert_expiry_seconds: float | None = None
+        self.tcp_rtt_seconds: float | None = None
+        self.log_lines: list[str] | None = [] if capture_log else None
+        self._logger = logging.getLogger("exporter.checks")
+
+    def remaining(self) -> float:
+        """Seconds left before the hard deadline of this run."""
+        return max(0.0, self.timeout_seconds - (time.perf_counter() - self.started))
+
+    @contextmanager
+    def phase(self, phase: Phase) -> Iterator[None]:
+        """Time a phase; a phase entered twice (redirects, second connection) accumulates."""
+        previous = self.current_phase
+        self.current_phase = phase
+        begin = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            raise  # current_phase keeps naming the phase that failed
+        else:
+            self.current_phase = previous
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - begin
+
+    def debug(self, message: str, **fields: object) -> None:
+        """Record a debug line for this run: kept for `debug=true`, logged at DEBUG level."""
+        if self.log_lines is None and not self._logger.isEnabledFor(logging.DEBUG):
+            return
+        elapsed = time.perf_counter() - self.started
+        text = " ".join(
+            [f"{elapsed * 1000:8.3f}ms", message, *(f"{k}={v}" for k, v in fields.items())]
+        )
+        if self.log_lines is not None:
+            self.log_lines.append(text)
+        self._logger.debug(text)
+
+    def ok(self, detail: str) -> CheckResult:
+        """Build the successful result of this run."""
+        return self._result(Result.OK, detail)
+
+    def failure(self, result: Result, detail: str) -> CheckResult:
+        """Build a failed result of this run, keeping whatever was learnt about the peer."""
+        return self._result(result, detail)
+
+    def _result(self, result: Result, detail: str) -> CheckResult:
+        self.debug("result", result=result.value, detail=detail)
+        return CheckResult(
+            result=result,
+            duration_seconds=time.perf_counter() - self.started,
+            detail=detail,
+            phases=dict(self.phases),
+            peer=self.peer,
+            address=self.address,
+            tls_cert_expiry_seconds=self.tls_cert_expiry_seconds,
+            tcp_rtt_seconds=self.tcp_rtt_seconds,
+        )
+
+
+SettingsT = TypeVar("SettingsT", bound=CheckSettings)
+CheckFunction = Callable[[Target, SettingsT, CheckContext], Awaitable[CheckResult]]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec(Generic[SettingsT]):
+    """Registration of one protocol check: its id, settings model and coroutine."""
+
+    name: str
+    settings_model: type[SettingsT]
+    run: Callable[[Target, SettingsT, CheckContext], Awaitable[CheckResult]]
+    summary: str
+    uses_port: bool = True
+    uses_tls: bool = False
+
+
+AnyCheckSpec = CheckSpec[Any]

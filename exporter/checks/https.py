@@ -1,0 +1,232 @@
+"""`https` and `http`: a web server answers a request with the expected status (and body).
+
+The HTTP/1.1 exchange is written by hand on top of the shared connect/TLS steps so that each
+phase is timed on its own and a hostile server is bounded: headers at most 64 KiB, the body read
+only when a body pattern is configured and then at most `max_body_bytes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Literal
+from urllib.parse import urljoin, urlsplit
+
+from pydantic import Field, field_validator
+
+from exporter import __version__
+from exporter.checks.base import CheckContext, CheckSpec, Target
+from exporter.checks.net import STREAM_LIMIT, TlsSettings, close_stream, open_stream, start_tls
+from exporter.checks.tls import expiry_note
+from exporter.errors import CheckFailure
+from exporter.result import CheckResult, PeerInfo, Phase, Result
+
+USER_AGENT = f"certero-flow-exporter/{__version__}"
+_STATUS_LINE = re.compile(rb"^HTTP/(\d)\.(\d) (\d{3})(?: ([^\r\n]*))?\r\n")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class HttpSettings(TlsSettings):
+    """Options of the HTTP(S) check; the TLS options apply to `https` only."""
+
+    path: str = Field(default="/", description="Request path (with query).")
+    method: Literal["GET", "HEAD"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+    expected_status: list[int] = Field(
+        default_factory=list, description="Accepted status codes; empty means any 2xx."
+    )
+    body_regex: str | None = Field(default=None, description="Pattern the body must contain.")
+    follow_redirects: bool = False
+    max_redirects: int = Field(default=5, ge=0, le=20)
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0, le=64 * 1024 * 1024)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError("must start with '/'")
+        return path
+
+    @field_validator("body_regex")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern.encode())
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from exc
+        return pattern
+
+
+class _Response:
+    """The parts of an HTTP response the check looks at."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str]) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+async def run_https(target: Target, settings: HttpSettings, context: CheckContext) -> CheckResult:
+    """Request over TLS."""
+    return await _run(target, settings, context, use_tls=True)
+
+
+async def run_http(target: Target, settings: HttpSettings, context: CheckContext) -> CheckResult:
+    """Request over plain HTTP."""
+    return await _run(target, settings, context, use_tls=False)
+
+
+async def _run(
+    target: Target, settings: HttpSettings, context: CheckContext, *, use_tls: bool
+) -> CheckResult:
+    path = settings.path
+    for hop in range(settings.max_redirects + 1):
+        response, body = await _exchange(target, path, settings, context, use_tls=use_tls)
+        location = response.headers.get("location")
+        if not (settings.follow_redirects and response.status in _REDIRECTS and location):
+            break
+        target, path, use_tls = _redirect(target, path, location, use_tls)
+        context.debug("following redirect", hop=hop + 1, location=location)
+    _require_status(response, settings)
+    if settings.body_regex is not None and re.search(settings.body_regex.encode(), body) is None:
+        raise CheckFailure(
+            Result.SERVICE_ERROR,
+            f"HTTP {response.status}: body does not match {settings.body_regex!r}",
+        )
+    server = response.headers.get("server", "")
+    return context.ok(
+        f"HTTP {response.status} {response.reason} for {settings.method} {path}"
+        + (f" from {server}" if server else "")
+        + expiry_note(context)
+    )
+
+
+async def _exchange(
+    target: Target, path: str, settings: HttpSettings, context: CheckContext, *, use_tls: bool
+) -> tuple[_Response, bytes]:
+    reader, writer = await open_stream(context, target)
+    try:
+        if use_tls:
+            await start_tls(context, target, reader, writer, settings)
+        with context.phase(Phase.HANDSHAKE):
+            writer.write(_request(target, path, settings))
+            response = await _read_head(reader)
+            context.peer = _server_identity(response.headers.get("server", ""))
+            context.debug("response", status=response.status, reason=response.reason)
+            body = b""
+            if settings.body_regex is not None and settings.method != "HEAD":
+                body = await _read_body(reader, response.headers, settings.max_body_bytes)
+    finally:
+        await close_stream(writer)
+    return response, body
+
+
+def _request(target: Target, path: str, settings: HttpSettings) -> bytes:
+    host = settings.server_name or target.host
+    host = f"[{host}]" if ":" in host else host
+    headers = {
+        "Host": f"{host}:{target.port}" if target.port not in (80, 443) else host,
+        "User-Agent": USER_AGENT,
+        "Accept": "*/*",
+        "Connection": "close",
+        **settings.headers,
+    }
+    lines = [f"{settings.method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def _read_head(reader: asyncio.StreamReader) -> _Response:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError as exc:
+        raise CheckFailure(
+            Result.PROTOCOL_MISMATCH, f"response headers exceed {STREAM_LIMIT // 1024} KiB"
+        ) from exc
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            raise CheckFailure(
+                Result.SERVICE_ERROR, "connection closed before an HTTP response"
+            ) from exc
+        head = exc.partial + b"\r\n"
+    match = _STATUS_LINE.match(head)
+    if match is None:
+        excerpt = head[:40].decode("ascii", errors="replace").splitlines()[0] if head else ""
+        raise CheckFailure(Result.PROTOCOL_MISMATCH, f"not an HTTP response: {excerpt!r}")
+    headers: dict[str, str] = {}
+    for raw in head[match.end() :].split(b"\r\n"):
+        name, sep, value = raw.partition(b":")
+        if sep:
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    reason = (match.group(4) or b"").decode("latin-1")
+    return _Response(int(match.group(3)), reason, headers)
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limit: int) -> bytes:
+    """Read at most `limit` bytes of the body, de-chunked."""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return await _read_chunked(reader, limit)
+    length = headers.get("content-length", "")
+    if length.isdigit():
+        want = min(int(length), limit)
+        try:
+            return await reader.readexactly(want)
+        except asyncio.IncompleteReadError as exc:
+            raise CheckFailure(
+                Result.SERVICE_ERROR, "connection closed in the middle of the body"
+            ) from exc
+    return await reader.read(limit)
+
+
+async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
+    body = bytearray()
+    while len(body) < limit:
+        try:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";")[0].strip(), 16)
+            if size == 0:
+                break
+            body += await reader.readexactly(min(size, limit - len(body)))
+            if len(body) >= limit:
+                break
+            await reader.readexactly(2)
+        except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            raise CheckFailure(Result.PROTOCOL_MISMATCH, "malformed chunked body") from exc
+    return bytes(body)
+
+
+def _require_status(response: _Response, settings: HttpSettings) -> None:
+    accepted = settings.expected_status
+    if (response.status in accepted) if accepted else (200 <= response.status < 300):
+        return
+    expected = ", ".join(map(str, accepted)) if accepted else "2xx"
+    raise CheckFailure(
+        Result.SERVICE_ERROR,
+        f"HTTP {response.status} {response.reason} (expected {expected})",
+    )
+
+
+def _redirect(target: Target, path: str, location: str, use_tls: bool) -> tuple[Target, str, bool]:
+    base = f"{'https' if use_tls else 'http'}://{target}{path}"
+    url = urlsplit(urljoin(base, location))
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise CheckFailure(Result.SERVICE_ERROR, f"redirect to unsupported location {location!r}")
+    secure = url.scheme == "https"
+    port = url.port or (443 if secure else 80)
+    new_path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    return Target(url.hostname, port), new_path, secure
+
+
+def _server_identity(server: str) -> PeerInfo | None:
+    """`nginx/1.22.1 (Debian)` → product nginx, version 1.22.1."""
+    if not server:
+        return None
+    first = server.split(maxsplit=1)[0]
+    product, _, version = first.partition("/")
+    return PeerInfo(product=product[:64], version=version[:64])
+
+
+HTTPS_SPEC = CheckSpec(
+    "https", HttpSettings, run_https, "HTTPS request: TLS, status, body", uses_tls=True
+)
+HTTP_SPEC = CheckSpec("http", HttpSettings, run_http, "Plain HTTP request: status, body")

@@ -1,0 +1,196 @@
+"""Socket steps shared by the TCP-based checks: resolve, connect, TLS.
+
+Each step is timed as its own phase. Resolution picks one address and the check reports which
+one, so a result always says which path it tested (no hidden happy-eyeballs). Platform-specific
+code is confined to `_kernel_rtt_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+import ssl
+import struct
+import sys
+from dataclasses import dataclass
+
+from cryptography import x509
+from pydantic import Field
+
+from exporter.checks.base import CheckContext, CheckSettings, Target
+from exporter.result import Phase
+
+STREAM_LIMIT = 64 * 1024  # longest line/header block a peer may send before we call it hostile
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedAddress:
+    """The one address a check connects to."""
+
+    family: socket.AddressFamily
+    sockaddr: tuple[str, int]
+
+    @property
+    def ip(self) -> str:
+        """The numeric address, for results and logs."""
+        return str(self.sockaddr[0])
+
+
+async def resolve(
+    context: CheckContext, target: Target, kind: socket.SocketKind = socket.SOCK_STREAM
+) -> ResolvedAddress:
+    """Resolve the target to its first address (phase `resolve`; skipped for IP literals)."""
+    port = target.port or 0
+    loop = asyncio.get_running_loop()
+    if target.is_ip_literal:
+        infos = await loop.getaddrinfo(target.host, port, type=kind, flags=socket.AI_NUMERICHOST)
+    else:
+        with context.phase(Phase.RESOLVE):
+            infos = await loop.getaddrinfo(target.host, port, type=kind)
+    family, _, _, _, sockaddr = infos[0]
+    address = ResolvedAddress(family=family, sockaddr=(str(sockaddr[0]), int(sockaddr[1])))
+    context.address = address.ip
+    context.debug("resolved", host=target.host, address=address.ip, candidates=len(infos))
+    return address
+
+
+async def connect_tcp(context: CheckContext, target: Target) -> socket.socket:
+    """Resolve and open a TCP connection (phase `connect`), recording the kernel's RTT."""
+    address = await resolve(context, target)
+    sock = socket.socket(address.family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        with context.phase(Phase.CONNECT):
+            await asyncio.get_running_loop().sock_connect(sock, address.sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    context.tcp_rtt_seconds = _kernel_rtt_seconds(sock)
+    context.debug("connected", address=address.ip, port=target.port)
+    return sock
+
+
+async def open_stream(
+    context: CheckContext, target: Target
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect and wrap the socket in bounded asyncio streams."""
+    sock = await connect_tcp(context, target)
+    try:
+        return await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def close_stream(writer: asyncio.StreamWriter) -> None:
+    """Close without waiting on a peer that never acknowledges (abort, not graceful)."""
+    transport = writer.transport
+    transport.abort()
+
+
+class TlsSettings(CheckSettings):
+    """TLS options shared by every check that speaks TLS."""
+
+    server_name: str | None = Field(
+        default=None, description="SNI and name to verify; default: the target host."
+    )
+    ca_file: str | None = Field(default=None, description="PEM bundle of trusted CAs.")
+    insecure_skip_verify: bool = Field(
+        default=False, description="Accept any certificate (expiry is still reported)."
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _ssl_context(ca_file: str | None, verify: bool) -> ssl.SSLContext:
+    """Build SSL contexts once: loading a CA store costs milliseconds per call."""
+    context = ssl.create_default_context(cafile=ca_file)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def client_ssl_context(settings: TlsSettings) -> ssl.SSLContext:
+    """The SSL context for a check's TLS settings (shared and cached)."""
+    return _ssl_context(settings.ca_file, not settings.insecure_skip_verify)
+
+
+async def start_tls(
+    context: CheckContext,
+    target: Target,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    settings: TlsSettings,
+) -> None:
+    """Upgrade a connection to TLS (phase `tls`) and record the certificate expiry.
+
+    When verification fails, the certificate is fetched once more on a second, unverified
+    connection so that its expiry is still reported; the result stays a TLS failure.
+    """
+    server_name = settings.server_name or target.host
+    try:
+        with context.phase(Phase.TLS):
+            await writer.start_tls(client_ssl_context(settings), server_hostname=server_name)
+    except ssl.SSLCertVerificationError:
+        await _record_unverified_certificate(context, target, server_name)
+        raise
+    ssl_object = writer.get_extra_info("ssl_object")
+    if isinstance(ssl_object, ssl.SSLObject):
+        _record_certificate(context, ssl_object)
+        context.debug("tls established", version=ssl_object.version(), cipher=ssl_object.cipher())
+
+
+def _record_certificate(context: CheckContext, ssl_object: ssl.SSLObject) -> None:
+    der = ssl_object.getpeercert(binary_form=True)
+    if der is None:
+        return
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+    except ValueError:
+        context.debug("peer certificate could not be parsed")
+        return
+    not_after = certificate.not_valid_after_utc
+    context.tls_cert_expiry_seconds = not_after.timestamp()
+    context.debug("certificate", subject=certificate.subject.rfc4514_string(), expires=not_after)
+
+
+async def _record_unverified_certificate(
+    context: CheckContext, target: Target, server_name: str
+) -> None:
+    """Read the certificate that failed verification; any error here is only logged."""
+    try:
+        async with asyncio.timeout(context.remaining()):
+            _, writer = await asyncio.open_connection(
+                context.address or target.host,
+                target.port,
+                ssl=_ssl_context(None, verify=False),
+                server_hostname=server_name,
+                limit=STREAM_LIMIT,
+            )
+            try:
+                ssl_object = writer.get_extra_info("ssl_object")
+                if isinstance(ssl_object, ssl.SSLObject):
+                    _record_certificate(context, ssl_object)
+            finally:
+                await close_stream(writer)
+    except (OSError, ssl.SSLError, TimeoutError) as exc:
+        context.debug("could not read the rejected certificate", error=type(exc).__name__)
+
+
+_TCP_INFO_RTT = struct.Struct("=I")
+_TCP_INFO_RTT_OFFSET = 68  # struct tcp_info.tcpi_rtt, microseconds (linux/tcp.h)
+
+
+def _kernel_rtt_seconds(sock: socket.socket) -> float | None:
+    """The kernel's own RTT estimate of the connection (Linux TCP_INFO), free of loop queueing."""
+    if sys.platform != "linux":
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except OSError:
+        return None
+    if len(info) < _TCP_INFO_RTT_OFFSET + 4:
+        return None
+    (rtt_us,) = _TCP_INFO_RTT.unpack_from(info, _TCP_INFO_RTT_OFFSET)
+    return float(rtt_us) / 1e6

@@ -1,0 +1,112 @@
+"""Exception → result class, in one place.
+
+Checks let OS, resolver and TLS errors propagate; this module turns them into the bounded
+`Result` classes and a one-line detail. The most specific match comes first, as the order of
+the tests below is the order of Python's exception hierarchy (e.g. ConnectionRefusedError is
+an OSError, SSLCertVerificationError is an SSLError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+
+from exporter.errors import CheckFailure
+from exporter.result import Phase, Result
+
+# Errors that say the path to the host is closed rather than the service: a router or a
+# firewall answered (ICMP unreachable / admin-prohibited), or the local policy refused.
+_UNREACHABLE_ERRNOS = frozenset(
+    {
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETDOWN,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EADDRNOTAVAIL,
+    }
+)
+# Windows socket errors reach Python with `winerror` set and a generic errno.
+_WINDOWS_ERRORS = {
+    10061: Result.REFUSED,  # WSAECONNREFUSED
+    10060: Result.TIMEOUT,  # WSAETIMEDOUT
+    10065: Result.UNREACHABLE,  # WSAEHOSTUNREACH
+    10051: Result.UNREACHABLE,  # WSAENETUNREACH
+    10013: Result.UNREACHABLE,  # WSAEACCES
+    10054: Result.SERVICE_ERROR,  # WSAECONNRESET
+}
+# OpenSSL reasons meaning "the peer does not speak TLS at all", not "TLS went wrong".
+_NOT_TLS_REASONS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "UNKNOWN_PROTOCOL",
+        "HTTP_REQUEST",
+        "PACKET_LENGTH_TOO_LONG",
+        "RECORD_LAYER_FAILURE",
+        "UNEXPECTED_RECORD",
+    }
+)
+
+
+def is_expected(exc: BaseException) -> bool:
+    """True for failures of the network or the peer; False for a defect in a check."""
+    return isinstance(exc, CheckFailure | OSError | EOFError | asyncio.IncompleteReadError)
+
+
+def classify(exc: BaseException, phase: Phase | None) -> tuple[Result, str]:  # noqa: PLR0911 - a flat dispatch, most specific first
+    """Return the result class and a one-line detail for an exception raised by a check."""
+    where = f" during {phase.value}" if phase is not None else ""
+    if isinstance(exc, CheckFailure):
+        return exc.result, exc.detail
+    if isinstance(exc, socket.gaierror):
+        return Result.DNS_ERROR, f"name resolution failed: {exc.strerror or exc}"
+    if isinstance(exc, TimeoutError):
+        return Result.TIMEOUT, f"timed out{where}"
+    if isinstance(exc, ConnectionRefusedError):
+        return Result.REFUSED, "connection refused (port closed or reset by a firewall)"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Result.TLS_ERROR, f"certificate rejected: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return _classify_ssl(exc)
+    if isinstance(exc, asyncio.IncompleteReadError | EOFError | ConnectionResetError):
+        return _closed_by_peer(phase)
+    if isinstance(exc, BrokenPipeError | ConnectionAbortedError):
+        return _closed_by_peer(phase)
+    if isinstance(exc, OSError):
+        return _classify_os_error(exc, where)
+    return Result.SERVICE_ERROR, f"check failed unexpectedly{where}: {type(exc).__name__}"
+
+
+def _classify_ssl(exc: ssl.SSLError) -> tuple[Result, str]:
+    reason = exc.reason or ""
+    if reason in _NOT_TLS_REASONS:
+        return Result.PROTOCOL_MISMATCH, f"peer does not speak TLS ({reason.lower()})"
+    text = reason.lower().replace("_", " ") if reason else str(exc)
+    return Result.TLS_ERROR, f"TLS handshake failed: {text}"
+
+
+def _closed_by_peer(phase: Phase | None) -> tuple[Result, str]:
+    if phase is Phase.TLS:
+        return Result.TLS_ERROR, "connection closed by peer during the TLS handshake"
+    where = f" during {phase.value}" if phase is not None else ""
+    return Result.SERVICE_ERROR, f"connection closed by peer{where}"
+
+
+def _classify_os_error(exc: OSError, where: str) -> tuple[Result, str]:
+    winerror = getattr(exc, "winerror", None)
+    if isinstance(winerror, int) and winerror in _WINDOWS_ERRORS:
+        return _WINDOWS_ERRORS[winerror], f"{exc.strerror or exc}{where}"
+    code = exc.errno
+    reason = exc.strerror or str(exc)
+    if code == errno.ECONNREFUSED:
+        return Result.REFUSED, "connection refused (port closed or reset by a firewall)"
+    if code in _UNREACHABLE_ERRNOS:
+        return Result.UNREACHABLE, f"{reason} (no route, or rejected by a firewall){where}"
+    if code == errno.ETIMEDOUT:
+        return Result.TIMEOUT, f"timed out{where}"
+    if code in (errno.ECONNRESET, errno.EPIPE):
+        return Result.SERVICE_ERROR, f"connection reset by peer{where}"
+    return Result.SERVICE_ERROR, f"network error{where}: {reason}"

@@ -1,0 +1,215 @@
+"""Command line: `serve`, `check`, `validate`, `catalogue`.
+
+Exit codes: 0 success (for `check`: every flow ok), 1 a flow failed or a config is invalid,
+2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from exporter import __version__
+from exporter.catalogue import FLOWS
+from exporter.config import Config, Job, effective_check, load_config, parse_endpoint
+from exporter.errors import ConfigError
+from exporter.report import FlowReport, print_table, to_json, to_junit
+from exporter.runner import run_check
+from exporter.web import DEFAULT_PORT, serve
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"invalid config:\n{exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="certero-flow-exporter",
+        description="Proves every network flow of a Certero deployment is open and answered.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser(
+        "serve", help="run the exporter (background checks, /metrics, /probe)"
+    )
+    serve_cmd.add_argument("--config", help="YAML config (default: the embedded loopback config)")
+    serve_cmd.add_argument(
+        "--listen",
+        default=f"0.0.0.0:{DEFAULT_PORT}",
+        help=f"HOST:PORT (default 0.0.0.0:{DEFAULT_PORT})",
+    )
+    serve_cmd.set_defaults(handler=_serve)
+
+    check_cmd = commands.add_parser("check", help="one-shot readiness run of every configured flow")
+    check_cmd.add_argument("--config", help="YAML config (default: the embedded loopback config)")
+    check_cmd.add_argument(
+        "--flow", action="append", default=[], metavar="ID", help="only this flow (repeatable)"
+    )
+    check_cmd.add_argument("--format", choices=["table", "json", "junit"], default="table")
+    check_cmd.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    check_cmd.set_defaults(handler=_check)
+
+    validate_cmd = commands.add_parser(
+        "validate", help="validate a config file and list every problem"
+    )
+    validate_cmd.add_argument("file")
+    validate_cmd.set_defaults(handler=_validate)
+
+    catalogue_cmd = commands.add_parser(
+        "catalogue", help="print the port table as the exporter knows it"
+    )
+    catalogue_cmd.add_argument("--format", choices=["table", "json"], default="table")
+    catalogue_cmd.set_defaults(handler=_catalogue)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    for warning in config.warnings:
+        logging.getLogger("exporter.config").warning("%s", warning)
+    endpoint = parse_endpoint(args.listen)
+    if endpoint.port is None:
+        print(f"--listen needs HOST:PORT, got {args.listen!r}", file=sys.stderr)
+        return EXIT_USAGE
+    serve(config, args.config, endpoint.host, endpoint.port)
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    jobs = list(config.jobs)
+    if args.flow:
+        known = {job.flow_id for job in jobs}
+        unknown = sorted(set(args.flow) - known)
+        if unknown:
+            print(f"no configured pairs for flow(s): {', '.join(unknown)}", file=sys.stderr)
+            return EXIT_USAGE
+        jobs = [job for job in jobs if job.flow_id in args.flow]
+    if not jobs:
+        print("the config yields no (flow, target) pairs to check", file=sys.stderr)
+        return EXIT_USAGE
+    show_progress = (not args.no_progress and sys.stderr.isatty()) or args.format == "table"
+    reports = asyncio.run(_run_once(config, jobs, show_progress=show_progress))
+    if args.format == "json":
+        sys.stdout.write(to_json(reports) + "\n")
+    elif args.format == "junit":
+        sys.stdout.write(to_junit(reports))
+    else:
+        print_table(reports, Console())
+    return EXIT_OK if all(report.result.ok for report in reports) else EXIT_FAILED
+
+
+async def _run_once(config: Config, jobs: list[Job], *, show_progress: bool) -> list[FlowReport]:
+    """Run every job once, bounded like the scheduler, with a live progress bar on stderr."""
+    slots = asyncio.Semaphore(config.file.scheduler.concurrency)
+    source = config.source.value
+    progress = Progress(
+        TextColumn("checking flows"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failing"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not show_progress,
+        transient=True,
+    )
+    reports: dict[int, FlowReport] = {}
+    with progress:
+        task = progress.add_task("flows", total=len(jobs), failed=0)
+        failed = 0
+
+        async def run(index: int, job: Job) -> None:
+            nonlocal failed
+            async with slots:
+                outcome = await run_check(job.spec, job.target, job.settings, job.timeout)
+            reports[index] = FlowReport(job, source, outcome.result)
+            failed += not outcome.result.ok
+            progress.update(task, advance=1, failed=failed)
+
+        async with asyncio.TaskGroup() as group:
+            for index, job in enumerate(jobs):
+                group.create_task(run(index, job))
+    return [reports[index] for index in range(len(jobs))]
+
+
+def _validate(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"{args.file}: valid, source {config.source.value}, {len(config.jobs)} (flow, target) pairs"
+    )
+    return EXIT_OK
+
+
+def _catalogue(args: argparse.Namespace) -> int:
+    if args.format == "json":
+        document = [
+            {
+                "id": flow.id,
+                "transport": flow.transport.value,
+                "port": flow.port,
+                "port_range": list(flow.port_range) if flow.port_range else None,
+                "from": flow.source.value,
+                "to": flow.destination.value,
+                "check": flow.check,
+                "check_in_this_version": effective_check(flow),
+                "optional": flow.optional,
+                "reason": flow.reason,
+                "footnote": flow.footnote,
+                "erratum": flow.erratum,
+                "table_rows": [row.number for row in flow.rows],
+            }
+            for flow in FLOWS
+        ]
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    table = Table(title="Certero port table (26 flows from 27 rows)")
+    for column in ("Id", "Proto/port", "From → to", "Check", "Rows", "Reason", "Notes"):
+        table.add_column(column, overflow="fold")
+    for flow in FLOWS:
+        running = effective_check(flow)
+        check = flow.check if running == flow.check else f"{flow.check} (now: {running or 'none'})"
+        notes = " ".join(
+            part
+            for part in (flow.footnote, flow.erratum, "Optional." if flow.optional else "")
+            if part
+        )
+        table.add_row(
+            flow.id,
+            f"{flow.transport.value}/{flow.port_text}",
+            f"{flow.source.value} → {flow.destination.value}",
+            check,
+            ",".join(str(row.number) for row in flow.rows),
+            flow.reason,
+            notes,
+        )
+    Console(width=200).print(table)
+    return EXIT_OK

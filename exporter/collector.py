@@ -1,0 +1,229 @@
+"""Renders cached check results in the Prometheus text format.
+
+A result changes only when its check finishes, so each (flow, target) pair's lines are rendered
+once, then (by `render_pair`) and kept; a scrape joins the kept bytes family by family. This keeps
+`/metrics` for 10,000 pairs in milliseconds, where building metric families anew on every scrape
+(prometheus_client's collector API) costs about 20 µs per series and blocks the event loop.
+The collector reads results only: it never awaits and never does I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from exporter.catalogue import FLOWS, Flow
+from exporter.result import CheckResult, Phase, Result
+
+HISTOGRAM_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One metric family: name, type and the HELP text users read in Prometheus."""
+
+    name: str
+    type: str
+    help: str
+
+    def header(self) -> bytes:
+        """The HELP and TYPE lines."""
+        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.type}\n".encode()
+
+
+CACHED = "Cached from the last background check (see certero_flow_last_check_timestamp_seconds)."
+UP = Family(
+    "certero_flow_up", "gauge", f"1 if the flow is open and answered by the right service. {CACHED}"
+)
+RESULT = Family(
+    "certero_flow_result",
+    "gauge",
+    f"Outcome class of the last check: exactly one result is 1. {CACHED}",
+)
+DURATION = Family("certero_flow_duration_seconds", "gauge", f"Duration of the last check. {CACHED}")
+PHASE = Family(
+    "certero_flow_phase_duration_seconds",
+    "gauge",
+    f"Duration of each phase of the last check. {CACHED}",
+)
+HISTOGRAM = Family(
+    "certero_flow_check_duration_seconds",
+    "histogram",
+    "Durations of all checks of the flow since the exporter started.",
+)
+LAST_CHECK = Family(
+    "certero_flow_last_check_timestamp_seconds",
+    "gauge",
+    "Unix time when the last check of the flow finished.",
+)
+CERT_EXPIRY = Family(
+    "certero_flow_tls_cert_expiry_timestamp_seconds",
+    "gauge",
+    "Unix time when the peer's TLS certificate expires, reported even when verification "
+    f"failed. {CACHED}",
+)
+PEER_INFO = Family(
+    "certero_flow_peer_info",
+    "gauge",
+    f"What the peer reported about itself (product, version). {CACHED}",
+)
+TCP_RTT = Family(
+    "certero_flow_tcp_rtt_seconds",
+    "gauge",
+    "Kernel round-trip time estimate of the check's TCP connection (Linux TCP_INFO), free of "
+    f"exporter queueing. {CACHED}",
+)
+CATALOGUE_INFO = Family(
+    "certero_flow_catalogue_info",
+    "gauge",
+    "The port table row behind each flow, to join on in dashboards.",
+)
+PAIR_FAMILIES: tuple[Family, ...] = (
+    UP,
+    RESULT,
+    DURATION,
+    PHASE,
+    HISTOGRAM,
+    LAST_CHECK,
+    CERT_EXPIRY,
+    PEER_INFO,
+    TCP_RTT,
+)
+
+
+def escape_label_value(value: str) -> str:
+    """Escape a label value per the text exposition format."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def label_text(labels: Iterable[tuple[str, str]]) -> str:
+    """`{a="x",b="y"}` from name/value pairs."""
+    return "{" + ",".join(f'{name}="{escape_label_value(value)}"' for name, value in labels) + "}"
+
+
+def number(value: float) -> str:
+    """A sample value as Prometheus expects it."""
+    if math.isnan(value):
+        return "NaN"
+    return repr(float(value))
+
+
+@dataclass(slots=True)
+class History:
+    """Histogram state of one pair across checks."""
+
+    bucket_counts: list[int]
+    total: float = 0.0
+    count: int = 0
+
+    @classmethod
+    def empty(cls) -> History:
+        """A histogram with no observations."""
+        return cls([0] * len(HISTOGRAM_BUCKETS))
+
+    def observe(self, seconds: float) -> None:
+        """Add one check duration."""
+        for index, bound in enumerate(HISTOGRAM_BUCKETS):
+            if seconds <= bound:
+                self.bucket_counts[index] += 1
+                break
+        self.total += seconds
+        self.count += 1
+
+
+def render_pair(
+    labels: Sequence[tuple[str, str]],
+    result: CheckResult,
+    finished_at: float,
+    history: History | None,
+) -> tuple[bytes, ...]:
+    """All series of one (flow, target) pair, one bytes chunk per family in PAIR_FAMILIES."""
+    base = label_text(labels)
+    inner = base[1:-1]
+    up = f"{UP.name}{base} {1 if result.ok else 0}\n"
+    states = "".join(
+        f'{RESULT.name}{{{inner},result="{cls.value}"}} {1 if result.result is cls else 0}\n'
+        for cls in Result
+    )
+    duration = f"{DURATION.name}{base} {number(result.duration_seconds)}\n"
+    phases = "".join(
+        f'{PHASE.name}{{{inner},phase="{phase.value}"}} {number(result.phases[phase])}\n'
+        for phase in Phase
+        if phase in result.phases
+    )
+    histogram = _render_history(inner, history) if history is not None else ""
+    last = f"{LAST_CHECK.name}{base} {number(finished_at)}\n"
+    expiry = (
+        f"{CERT_EXPIRY.name}{base} {number(result.tls_cert_expiry_seconds)}\n"
+        if result.tls_cert_expiry_seconds is not None
+        else ""
+    )
+    peer = ""
+    if result.peer is not None:
+        peer_labels = label_text(
+            [*labels, ("product", result.peer.product), ("version", result.peer.version)]
+        )
+        peer = f"{PEER_INFO.name}{peer_labels} 1\n"
+    rtt = (
+        f"{TCP_RTT.name}{base} {number(result.tcp_rtt_seconds)}\n"
+        if result.tcp_rtt_seconds is not None
+        else ""
+    )
+    return tuple(
+        text.encode() for text in (up, states, duration, phases, histogram, last, expiry, peer, rtt)
+    )
+
+
+def _render_history(inner: str, history: History) -> str:
+    lines = []
+    cumulative = 0
+    for bound, count in zip(HISTOGRAM_BUCKETS, history.bucket_counts, strict=True):
+        cumulative += count
+        lines.append(f'{HISTOGRAM.name}_bucket{{{inner},le="{bound}"}} {cumulative}\n')
+    lines.append(f'{HISTOGRAM.name}_bucket{{{inner},le="+Inf"}} {history.count}\n')
+    lines.append(f"{HISTOGRAM.name}_sum{{{inner}}} {number(history.total)}\n")
+    lines.append(f"{HISTOGRAM.name}_count{{{inner}}} {history.count}\n")
+    return "".join(lines)
+
+
+def render_catalogue(flows: Iterable[Flow] = FLOWS) -> bytes:
+    """`certero_flow_catalogue_info`: one series per built-in flow."""
+    lines = [CATALOGUE_INFO.header().decode()]
+    for flow in flows:
+        labels = label_text(
+            [
+                ("flow", flow.id),
+                ("protocol", flow.transport.value),
+                ("port", flow.port_text),
+                ("from", flow.source.value),
+                ("to", flow.destination.value),
+                ("check", flow.check),
+                ("reason", flow.reason),
+            ]
+        )
+        lines.append(f"{CATALOGUE_INFO.name}{labels} 1\n")
+    return "".join(lines).encode()
+
+
+def render_families(chunks_by_pair: Iterable[Sequence[bytes]]) -> bytes:
+    """Join the kept chunks of every pair, family by family, headers first."""
+    pairs = list(chunks_by_pair)
+    parts: list[bytes] = []
+    for index, family in enumerate(PAIR_FAMILIES):
+        parts.append(family.header())
+        parts.extend(chunks[index] for chunks in pairs)
+    return b"".join(parts)

@@ -1,0 +1,561 @@
+"""The YAML config: typed models, a loader that locates every error, and resolution into jobs.
+
+Loading has two stages. The file's structure is validated into `ConfigFile` (unknown keys
+rejected); then cross-field checks (known flow ids and roles, check settings against each
+check's own model) run. Every problem found is reported with file, line and field path, all at
+once, so that one `validate` run shows everything to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from exporter.catalogue import FLOWS, FLOWS_BY_ID, Flow, Role, Transport, VantagePoint
+from exporter.checks import CHECKS, AnyCheckSpec, CheckSettings, Target
+from exporter.errors import ConfigError, ConfigProblem, CredentialError
+
+EMBEDDED_DEFAULT = "<embedded default>"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Checks that exist in the catalogue but not yet in this build: TLS-protocol ports fall back to
+# a TLS handshake, other TCP ports to a connect, and the `check` label says which ran.
+_TLS_FALLBACK = frozenset({"ldaps", "vsphere"})
+
+
+def parse_duration(value: object) -> float:
+    """`5s`, `1m30s`, `250ms`, `2h` or a plain number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 5s, 1m30s or 250ms")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value and _DURATION.sub("", value.strip()) == "":
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION.findall(value))
+    else:
+        raise ValueError(f"expected a duration such as 5s, 1m30s or 250ms, got {value!r}")
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+FlowId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo must never silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A configured destination: one host (and optional port) or a network to expand."""
+
+    host: str = ""
+    port: int | None = None
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """`host`, `host:port`, `[v6]:port`, a bare IPv6 literal, or a CIDR network."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty target")
+    if "/" in text:
+        try:
+            return Endpoint(network=ipaddress.ip_network(text, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not a valid CIDR network") from exc
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        _require_ip(host, text)
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{text!r}: expected [address]:port")
+        return Endpoint(host=host, port=_port(rest[1:], text) if rest else None)
+    if text.count(":") > 1:
+        _require_ip(text, text)
+        return Endpoint(host=text)
+    host, sep, port = text.partition(":")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", host):
+        raise ValueError(f"{text!r} is not a valid host name or address")
+    return Endpoint(host=host, port=_port(port, text) if sep else None)
+
+
+def _require_ip(host: str, text: str) -> None:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a valid IPv6 address") from exc
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{whole!r}: port must be a number from 1 to 65535")
+    return int(text)
+
+
+def _endpoint(value: object) -> Endpoint:
+    if isinstance(value, Endpoint):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a target must be a string such as host, host:port or 10.0.0.0/24")
+    return parse_endpoint(value)
+
+
+EndpointField = Annotated[Endpoint, BeforeValidator(_endpoint)]
+
+
+class SecretRef(StrictModel):
+    """A credential given by reference; the value itself never sits in the config."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("give exactly one of file or env")
+        return self
+
+    def reveal(self) -> str:
+        """Read the secret now; errors name the reference, never the content."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise CredentialError(f"environment variable {self.env} is not set")
+            return value
+        assert self.file is not None
+        try:
+            return self.file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise CredentialError(f"cannot read secret file {self.file}: {exc.strerror}") from exc
+
+    def __repr__(self) -> str:
+        return f"SecretRef(file={self.file!s})" if self.file else f"SecretRef(env={self.env})"
+
+
+class Defaults(StrictModel):
+    """Interval and timeout of every flow unless the flow overrides them."""
+
+    interval: Duration = 60.0
+    timeout: Duration = 5.0
+
+
+class SchedulerSettings(StrictModel):
+    """Bounds on how hard the exporter probes."""
+
+    concurrency: int = Field(default=256, ge=1, le=10000)
+    per_host_concurrency: int = Field(default=8, ge=1, le=1000)
+    startup_spread: Duration = 10.0
+    jitter: float = Field(default=0.05, ge=0.0, le=0.5)
+    max_hosts_per_network: int = Field(default=4096, ge=1, le=1 << 20)
+
+
+class FlowOverride(BaseModel):
+    """Per-flow changes; keys other than these are the check's own settings."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    enabled: bool = True
+    port: Port | None = None
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    targets: list[EndpointField] | None = None
+
+
+class ExtraFlow(FlowOverride):
+    """A flow of the user's own; `target` is shorthand for a one-element `targets`."""
+
+    id: FlowId
+    check: str
+    description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_target(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "target" in data:
+            data = dict(data)
+            if "targets" in data:
+                raise ValueError("give either target or targets, not both")
+            data["targets"] = [data.pop("target")]
+        return data
+
+
+class ConfigFile(StrictModel):
+    """The whole config file."""
+
+    source: VantagePoint = VantagePoint.ENDPOINT_SERVER
+    defaults: Defaults = Defaults()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    targets: dict[Role, list[EndpointField]] = Field(default_factory=dict)
+    flows: dict[str, FlowOverride] = Field(default_factory=dict)
+    extra_flows: list[ExtraFlow] = Field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One (flow, target) pair the exporter checks."""
+
+    flow_id: str
+    check: str
+    spec: AnyCheckSpec
+    target: Target
+    settings: CheckSettings
+    interval: float
+    timeout: float
+    catalogue_flow: Flow | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity of the pair across reloads."""
+        return (self.flow_id, str(self.target))
+
+    @property
+    def spread_fraction(self) -> float:
+        """A stable number in [0, 1) that places this job's first run in the start-up spread."""
+        digest = hashlib.blake2b(f"{self.flow_id}|{self.target}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A validated config resolved into jobs; immutable, swapped whole on reload."""
+
+    file: ConfigFile
+    origin: str
+    jobs: tuple[Job, ...]
+    warnings: tuple[str, ...] = ()
+    skipped_flows: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def source(self) -> VantagePoint:
+        """The vantage point this exporter stands on (the `source` label)."""
+        return self.file.source
+
+    def job_for(self, flow_id: str) -> Job | None:
+        """Any job of a flow, used as a template by `/probe`."""
+        return next((job for job in self.jobs if job.flow_id == flow_id), None)
+
+
+def effective_check(flow: Flow) -> str | None:
+    """The check that runs for a catalogue flow in this build (None: none can yet)."""
+    if flow.check in CHECKS:
+        return flow.check
+    if flow.transport is not Transport.TCP:
+        return None
+    return "tls" if flow.check in _TLS_FALLBACK else "tcp"
+
+
+def default_config_text() -> str:
+    """The embedded default: this host's loopback in every destination role."""
+    return resources.files("exporter").joinpath("default.yaml").read_text(encoding="utf-8")
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and resolve a config file, or the embedded default when `path` is None."""
+    if path is None:
+        return parse_config(default_config_text(), EMBEDDED_DEFAULT)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(path), None, "", exc.strerror or str(exc))]) from exc
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, origin: str) -> Config:
+    """Validate YAML text into a `Config`; raise `ConfigError` listing every problem."""
+    lines = _LineMap(text, origin)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(exc, origin)]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigProblem(origin, 1, "", "the top level must be a mapping")])
+    problems = list(lines.duplicates)
+    try:
+        config_file = ConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, lines, ()))
+        raise ConfigError(problems) from exc
+    resolver = _Resolver(config_file, lines)
+    jobs = resolver.resolve()
+    problems.extend(resolver.problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(config_file, origin, tuple(jobs), tuple(resolver.warnings), resolver.skipped)
+
+
+class _LineMap:
+    """Line numbers of every key and item in a YAML document, by field path."""
+
+    def __init__(self, text: str, origin: str) -> None:
+        self.origin = origin
+        self.lines: dict[tuple[str | int, ...], int] = {}
+        self.duplicates: list[ConfigProblem] = []
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            return  # reported by the loader with its own position
+        if node is not None:
+            self._walk(node, ())
+
+    def _walk(self, node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                if key in seen:
+                    self.duplicates.append(
+                        ConfigProblem(
+                            self.origin,
+                            key_node.start_mark.line + 1,
+                            format_path((*path, key)),
+                            "duplicate key",
+                        )
+                    )
+                seen.add(key)
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
+                self._walk(value_node, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._walk(item, (*path, index))
+
+    def line_of(self, path: tuple[str | int, ...]) -> int | None:
+        """Line of the deepest known prefix of `path`."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(path[:end])
+            if line is not None:
+                return line
+        return None
+
+    def problem(self, path: tuple[str | int, ...], message: str) -> ConfigProblem:
+        """A problem located at `path`."""
+        return ConfigProblem(self.origin, self.line_of(path), format_path(path), message)
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    """`("extra_flows", 0, "check")` → `extra_flows[0].check`."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _yaml_problem(exc: yaml.YAMLError, origin: str) -> ConfigProblem:
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    message = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
+    return ConfigProblem(origin, line, "", message)
+
+
+def _pydantic_problems(
+    exc: ValidationError, lines: _LineMap, prefix: tuple[str | int, ...]
+) -> Iterator[ConfigProblem]:
+    for error in exc.errors():
+        path = (*prefix, *(part for part in error["loc"] if not _is_internal(part)))
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        yield lines.problem(path, message)
+
+
+def _is_internal(part: str | int) -> bool:
+    """Pydantic inserts validator names (e.g. `function-before[...]`) into error paths."""
+    return isinstance(part, str) and ("[" in part or part.startswith("function-"))
+
+
+_COMMON_KEYS = frozenset(FlowOverride.model_fields)
+_EXTRA_KEYS = frozenset(ExtraFlow.model_fields)
+
+
+class _Resolver:
+    """Cross-field checks and expansion of flows x targets into jobs."""
+
+    def __init__(self, config: ConfigFile, lines: _LineMap) -> None:
+        self.config = config
+        self.lines = lines
+        self.problems: list[ConfigProblem] = []
+        self.warnings: list[str] = []
+        self.skipped: dict[str, str] = {}
+
+    def resolve(self) -> list[Job]:
+        jobs: list[Job] = []
+        for flow_id in self.config.flows:
+            if flow_id not in FLOWS_BY_ID:
+                known = ", ".join(sorted(FLOWS_BY_ID))
+                self.problems.append(
+                    self.lines.problem(("flows", flow_id), f"unknown flow id (known: {known})")
+                )
+        for flow in FLOWS:
+            jobs.extend(self._catalogue_jobs(flow))
+        seen_ids: set[str] = set()
+        for index, extra in enumerate(self.config.extra_flows):
+            path: tuple[str | int, ...] = ("extra_flows", index)
+            if extra.id in FLOWS_BY_ID or extra.id in seen_ids:
+                self.problems.append(
+                    self.lines.problem((*path, "id"), f"flow id {extra.id!r} is already used")
+                )
+            seen_ids.add(extra.id)
+            jobs.extend(self._extra_jobs(extra, path))
+        return jobs
+
+    def _catalogue_jobs(self, flow: Flow) -> list[Job]:
+        override = self.config.flows.get(flow.id, FlowOverride())
+        path: tuple[str | int, ...] = ("flows", flow.id)
+        check = effective_check(flow)
+        if flow.source is not self.config.source:
+            if flow.id in self.config.flows:
+                self.warnings.append(
+                    f"flow {flow.id} is measured from {flow.source.value}; this exporter stands "
+                    f"on {self.config.source.value}, so its settings are not used here"
+                )
+            return []
+        if not override.enabled:
+            self.skipped[flow.id] = "disabled in the config"
+            return []
+        if check is None:
+            self.skipped[flow.id] = f"check {flow.check} is not available in this version"
+            return []
+        endpoints = override.targets
+        if endpoints is None:
+            endpoints = self.config.targets.get(flow.destination, [])
+        if not endpoints:
+            self.skipped[flow.id] = f"no targets for role {flow.destination.value}"
+            return []
+        extras = override.model_extra or {}
+        if check != flow.check:
+            self.warnings.append(
+                f"flow {flow.id}: check {flow.check} is not available in this version; "
+                f"running {check} instead"
+            )
+            if extras:
+                self.warnings.append(
+                    f"flow {flow.id}: settings {', '.join(sorted(extras))} apply to check "
+                    f"{flow.check} and are ignored until it is available"
+                )
+            extras = {}
+        return self._jobs(
+            flow.id,
+            check,
+            override=override,
+            extras=extras,
+            endpoints=endpoints,
+            path=path,
+            flow=flow,
+            default_port=flow.port,
+        )
+
+    def _extra_jobs(self, extra: ExtraFlow, path: tuple[str | int, ...]) -> list[Job]:
+        if extra.check not in CHECKS:
+            known = ", ".join(sorted(CHECKS))
+            self.problems.append(
+                self.lines.problem(
+                    (*path, "check"), f"unknown check {extra.check!r} (known: {known})"
+                )
+            )
+            return []
+        if not extra.enabled:
+            self.skipped[extra.id] = "disabled in the config"
+            return []
+        if not extra.targets:
+            self.problems.append(
+                self.lines.problem((*path, "targets"), "needs at least one target")
+            )
+            return []
+        extras = {k: v for k, v in (extra.model_extra or {}).items() if k not in _EXTRA_KEYS}
+        return self._jobs(
+            extra.id,
+            extra.check,
+            override=extra,
+            extras=extras,
+            endpoints=extra.targets,
+            path=path,
+            flow=None,
+            default_port=None,
+        )
+
+    def _jobs(
+        self,
+        flow_id: str,
+        check: str,
+        *,
+        override: FlowOverride,
+        extras: Mapping[str, Any],
+        endpoints: list[Endpoint],
+        path: tuple[str | int, ...],
+        flow: Flow | None,
+        default_port: int | None,
+    ) -> list[Job]:
+        spec = CHECKS[check]
+        try:
+            settings = spec.settings_model.model_validate(dict(extras))
+        except ValidationError as exc:
+            self.problems.extend(_pydantic_problems(exc, self.lines, path))
+            return []
+        port = override.port or default_port
+        interval = override.interval or self.config.defaults.interval
+        timeout = override.timeout or self.config.defaults.timeout
+        if timeout > interval:
+            self.problems.append(
+                self.lines.problem((*path, "timeout"), "timeout must not exceed the interval")
+            )
+            return []
+        jobs: list[Job] = []
+        for target in self._targets(endpoints, port, spec, path):
+            jobs.append(Job(flow_id, check, spec, target, settings, interval, timeout, flow))
+        return jobs
+
+    def _targets(
+        self,
+        endpoints: list[Endpoint],
+        port: int | None,
+        spec: AnyCheckSpec,
+        path: tuple[str | int, ...],
+    ) -> Iterator[Target]:
+        limit = self.config.scheduler.max_hosts_per_network
+        for endpoint in endpoints:
+            target_port = (endpoint.port or port) if spec.uses_port else None
+            if spec.uses_port and target_port is None:
+                self.problems.append(
+                    self.lines.problem((*path, "port"), f"check {spec.name} needs a port")
+                )
+                return
+            if endpoint.network is None:
+                yield Target(endpoint.host, target_port)
+                continue
+            size = endpoint.network.num_addresses
+            if size > limit:
+                self.problems.append(
+                    self.lines.problem(
+                        (*path, "targets"),
+                        f"network {endpoint.network} has {size} addresses, more than "
+                        f"scheduler.max_hosts_per_network ({limit})",
+                    )
+                )
+                continue
+            for address in endpoint.network.hosts():
+                yield Target(str(address), target_port)

@@ -1,0 +1,168 @@
+"""Runs every (flow, target) pair in the background on its interval.
+
+One loop keeps a heap of due times; it never creates a task per pair ahead of time, so 10,000
+pairs cost 10,000 heap entries, not 10,000 sleeping tasks. First runs are spread over the
+start-up window by a stable hash of the pair (so restarts keep their phase), and every later run
+is jittered. A global semaphore bounds concurrent checks and a per-host one protects each
+destination. Results go to the store; `/metrics` never waits on a check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import random
+import time
+
+from exporter.config import Config, Job
+from exporter.result import Result
+from exporter.runner import run_check
+from exporter.selfmetrics import ExporterMetrics
+from exporter.store import ResultStore
+
+logger = logging.getLogger(__name__)
+JobKey = tuple[str, str]
+
+
+class Scheduler:
+    """Owns the heap of due pairs and the tasks that run them."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: ResultStore,
+        metrics: ExporterMetrics,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._heap: list[tuple[float, int, JobKey]] = []
+        self._queued: set[JobKey] = set()
+        self._running: set[JobKey] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._host_limits: dict[str, asyncio.Semaphore] = {}
+        self._sequence = 0
+        self._wakeup = asyncio.Event()
+        self._random = random.Random()  # noqa: S311 - jitter, not security
+        self._jobs: dict[JobKey, Job] = {}
+        self._config = config
+        self._slots = asyncio.Semaphore(config.file.scheduler.concurrency)
+        self.started = False
+        self.replace_config(config)
+
+    def replace_config(self, config: Config) -> None:
+        """Swap in a new config: known pairs keep their schedule, new ones are spread in."""
+        settings = config.file.scheduler
+        if settings.concurrency != self._config.file.scheduler.concurrency:
+            self._slots = asyncio.Semaphore(settings.concurrency)
+        if settings.per_host_concurrency != self._config.file.scheduler.per_host_concurrency:
+            self._host_limits.clear()
+        self._config = config
+        self._jobs = {job.key: job for job in config.jobs}
+        now = asyncio.get_running_loop().time()
+        for job in config.jobs:
+            if job.key not in self._queued:
+                first = now + job.spread_fraction * min(job.interval, settings.startup_spread)
+                self._push(first, job.key)
+        self._metrics.pairs.set(len(self._jobs))
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """The loop: pop due pairs, start them within the concurrency bounds, re-queue them."""
+        loop = asyncio.get_running_loop()
+        self.started = True
+        try:
+            while True:
+                if not self._heap:
+                    await self._sleep(None)
+                    continue
+                due, _, key = self._heap[0]
+                now = loop.time()
+                if due > now:
+                    await self._sleep(due - now)
+                    continue
+                heapq.heappop(self._heap)
+                self._queued.discard(key)
+                job = self._jobs.get(key)
+                if job is None:
+                    continue  # removed by a reload
+                self._push(self._next_due(job, due, now), key)
+                if key in self._running:
+                    self._metrics.skipped_runs.inc()
+                    continue
+                await self._slots.acquire()
+                self._running.add(key)
+                task = asyncio.create_task(self._run_one(job, due), name=f"check {key}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Cancel running checks and wait for them."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _sleep(self, seconds: float | None) -> None:
+        self._wakeup.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
+        except TimeoutError:
+            pass
+
+    def _push(self, due: float, key: JobKey) -> None:
+        self._sequence += 1
+        heapq.heappush(self._heap, (due, self._sequence, key))
+        self._queued.add(key)
+
+    def _next_due(self, job: Job, due: float, now: float) -> float:
+        """Fixed-rate schedule with jitter; a pair that fell far behind starts afresh."""
+        jitter = self._config.file.scheduler.jitter
+        step = job.interval * (1.0 + self._random.uniform(-jitter, jitter))
+        following = due + step
+        return following if following > now else now + step
+
+    async def _run_one(self, job: Job, due: float) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self._host_limits.setdefault(
+            job.target.host, asyncio.Semaphore(self._config.file.scheduler.per_host_concurrency)
+        )
+        slots = self._slots
+        try:
+            async with limit:
+                self._metrics.scheduler_lag.observe(max(0.0, loop.time() - due))
+                self._metrics.in_flight.inc()
+                try:
+                    outcome = await run_check(job.spec, job.target, job.settings, job.timeout)
+                finally:
+                    self._metrics.in_flight.dec()
+            result = outcome.result
+            current = self._jobs.get(job.key)
+            if current is None or current.check != job.check:
+                return  # removed or changed by a reload while it ran
+            previous = self._store.record(current, result, time.time())
+            self._metrics.checks.labels(job.check, result.result.value).inc()
+            _log_transition(job, previous, result.result, result.detail)
+        finally:
+            self._running.discard(job.key)
+            slots.release()
+
+
+def _log_transition(job: Job, previous: Result | None, current: Result, detail: str) -> None:
+    """Log state changes (ok → failing → ok), not every run."""
+    if previous is current:
+        return
+    level = logging.INFO if current is Result.OK else logging.WARNING
+    logger.log(
+        level,
+        "flow state changed flow=%s target=%s check=%s from=%s to=%s detail=%r",
+        job.flow_id,
+        job.target,
+        job.check,
+        previous.value if previous is not None else "none",
+        current.value,
+        detail,
+    )

@@ -1,0 +1,64 @@
+"""The exporter's metrics about itself, in a registry of its own (never the global one)."""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from exporter import __version__
+
+
+class ExporterMetrics:
+    """Counters and gauges the scheduler and web server update."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.checks = Counter(
+            "certero_flow_exporter_checks",
+            "Checks run, by check and result class.",
+            ["check", "result"],
+            registry=self.registry,
+        )
+        self.scheduler_lag = Histogram(
+            "certero_flow_exporter_scheduler_lag_seconds",
+            "How late a check started after it was due (waiting for concurrency slots).",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "certero_flow_exporter_checks_in_flight",
+            "Checks running now.",
+            registry=self.registry,
+        )
+        self.pairs = Gauge(
+            "certero_flow_exporter_scheduled_pairs",
+            "(flow, target) pairs scheduled by the current config.",
+            registry=self.registry,
+        )
+        self.skipped_runs = Counter(
+            "certero_flow_exporter_skipped_runs",
+            "Runs skipped because the previous run of the same pair had not finished.",
+            registry=self.registry,
+        )
+        self.reload_success = Gauge(
+            "certero_flow_exporter_config_last_reload_successful",
+            "1 if the last config load or reload succeeded.",
+            registry=self.registry,
+        )
+        self.reload_timestamp = Gauge(
+            "certero_flow_exporter_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load or reload.",
+            registry=self.registry,
+        )
+        build = Gauge(
+            "certero_flow_exporter_build_info",
+            "Version of the exporter and of Python; always 1.",
+            ["version", "python_version"],
+            registry=self.registry,
+        )
+        build.labels(__version__, platform.python_version()).set(1)
+
+    def render(self) -> bytes:
+        """The self-metrics in the text format."""
+        return generate_latest(self.registry)

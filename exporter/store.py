@@ -1,0 +1,82 @@
+"""Latest result of every (flow, target) pair, with its pre-rendered metric lines.
+
+Only the scheduler (or a one-shot run) writes; `/metrics`, the landing page and the CLI read.
+Everything runs on one event loop, so no locks are needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from exporter.collector import History, render_families, render_pair
+from exporter.config import Job
+from exporter.result import CheckResult, Result
+
+
+@dataclass(slots=True)
+class Entry:
+    """The cached state of one pair."""
+
+    job: Job
+    result: CheckResult
+    finished_at: float
+    history: History
+    chunks: tuple[bytes, ...]
+
+
+class ResultStore:
+    """Latest results by job key; renders a pair's metric lines when its result changes."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._entries: dict[tuple[str, str], Entry] = {}
+
+    def record(self, job: Job, result: CheckResult, finished_at: float) -> Result | None:
+        """Store a result; return the previous result class (None for the first one)."""
+        entry = self._entries.get(job.key)
+        history = entry.history if entry is not None else History.empty()
+        history.observe(result.duration_seconds)
+        chunks = render_pair(self.labels(job), result, finished_at, history)
+        self._entries[job.key] = Entry(job, result, finished_at, history, chunks)
+        return entry.result.result if entry is not None else None
+
+    def labels(self, job: Job) -> list[tuple[str, str]]:
+        """The identifying labels of a pair's series."""
+        return [
+            ("flow", job.flow_id),
+            ("source", self.source),
+            ("target", str(job.target)),
+            ("check", job.check),
+        ]
+
+    def retain(self, jobs: Iterable[Job], source: str) -> None:
+        """After a reload: drop pairs no longer configured, re-label the rest."""
+        wanted = {job.key: job for job in jobs}
+        relabel = source != self.source
+        self.source = source
+        for key in list(self._entries):
+            job = wanted.get(key)
+            entry = self._entries[key]
+            if job is None or job.check != entry.job.check:
+                del self._entries[key]
+            elif relabel or job is not entry.job:
+                entry.job = job
+                entry.chunks = render_pair(
+                    self.labels(job), entry.result, entry.finished_at, entry.history
+                )
+
+    def entries(self) -> Iterator[Entry]:
+        """All cached entries, in insertion order."""
+        return iter(list(self._entries.values()))
+
+    def get(self, key: tuple[str, str]) -> Entry | None:
+        """One entry by job key."""
+        return self._entries.get(key)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def render(self) -> bytes:
+        """The per-pair families for a scrape: a join of kept bytes, no formatting."""
+        return render_families(entry.chunks for entry in self._entries.values())

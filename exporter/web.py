@@ -1,0 +1,335 @@
+"""The HTTP side: `/metrics`, `/probe`, health, reload and the flow matrix at `/`.
+
+`make_app` is the factory; the scheduler is a background task owned by the app's cleanup
+context, cancelled and awaited on shutdown. Nothing here knows a protocol: `/probe` finds a
+check through the registry and renders its result with the same collector as `/metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from exporter import __version__
+from exporter.catalogue import FLOWS_BY_ID
+from exporter.checks import CHECKS, Target
+from exporter.collector import (
+    CONTENT_TYPE,
+    PAIR_FAMILIES,
+    number,
+    render_catalogue,
+    render_pair,
+)
+from exporter.config import Config, Job, effective_check, load_config, parse_endpoint
+from exporter.errors import ConfigError
+from exporter.runner import run_check
+from exporter.scheduler import Scheduler
+from exporter.selfmetrics import ExporterMetrics
+from exporter.store import ResultStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 10163
+PROBE_TIMEOUT_OFFSET = 0.5  # seconds kept back from Prometheus's scrape timeout, as blackbox does
+
+
+@dataclass
+class ExporterState:
+    """Everything the routes share; the config is replaced whole on reload."""
+
+    config: Config
+    config_path: str | None
+    store: ResultStore
+    metrics: ExporterMetrics = field(default_factory=ExporterMetrics)
+    scheduler: Scheduler | None = None
+    catalogue: bytes = field(default_factory=render_catalogue)
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def reload(self) -> ConfigError | None:
+        """Load the config file again; a bad file is rejected and the running config kept."""
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            self.metrics.reload_success.set(0)
+            logger.error("config reload rejected, keeping the running config:\n%s", exc)
+            return exc
+        self.config = config
+        self.store.retain(config.jobs, config.source.value)
+        if self.scheduler is not None:
+            self.scheduler.replace_config(config)
+        self.metrics.reload_success.set(1)
+        self.metrics.reload_timestamp.set(time.time())
+        logger.info("config reloaded origin=%s pairs=%d", config.origin, len(config.jobs))
+        return None
+
+
+STATE = web.AppKey("state", ExporterState)
+
+
+def make_app(state: ExporterState, *, run_scheduler: bool = True) -> web.Application:
+    """Build the aiohttp application around a loaded config."""
+    app = web.Application()
+    app[STATE] = state
+    app.router.add_get("/", landing_page)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/probe", probe)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_post("/-/reload", reload)
+    if run_scheduler:
+        app.cleanup_ctx.append(_scheduler_context)
+    return app
+
+
+async def _scheduler_context(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    state.metrics.reload_success.set(1)
+    state.metrics.reload_timestamp.set(time.time())
+    state.scheduler = Scheduler(state.config, state.store, state.metrics)
+    task = asyncio.create_task(state.scheduler.run(), name="scheduler")
+    loop = asyncio.get_running_loop()
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is not None:
+        try:
+            loop.add_signal_handler(hup, lambda: asyncio.ensure_future(_reload_locked(state)))
+        except (NotImplementedError, RuntimeError):  # not on Windows' proactor loop
+            hup = None
+    yield
+    if hup is not None:
+        loop.remove_signal_handler(hup)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _reload_locked(state: ExporterState) -> ConfigError | None:
+    async with state.reload_lock:
+        return state.reload()
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Cached results of every pair plus the exporter's own metrics; never waits on a check."""
+    state = request.app[STATE]
+    body = state.store.render() + state.catalogue + state.metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def healthy(request: web.Request) -> web.Response:
+    """The process is up."""
+    return web.Response(text="Healthy\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    """A config is loaded and the scheduler runs."""
+    state = request.app[STATE]
+    if state.scheduler is None or not state.scheduler.started:
+        return web.Response(status=503, text="Not ready: scheduler not started\n")
+    return web.Response(text="Ready\n")
+
+
+async def reload(request: web.Request) -> web.Response:
+    """Reload the config file; 500 with every problem when the new file is rejected."""
+    error = await _reload_locked(request.app[STATE])
+    if error is not None:
+        return web.Response(status=500, text=f"config rejected, previous config kept:\n{error}\n")
+    return web.Response(text="Reloaded\n")
+
+
+def probe_job(config: Config, module: str, target_text: str) -> Job:
+    """Build the job `/probe` runs: `module` is a flow id (catalogue or custom) or a check id."""
+    endpoint = parse_endpoint(target_text)
+    if endpoint.network is not None:
+        raise ValueError("target must be a single host, not a network")
+    template = config.job_for(module)
+    if template is None:
+        template = _unconfigured_template(config, module)
+    port = endpoint.port if endpoint.port is not None else template.target.port
+    if not template.spec.uses_port:
+        port = None
+    elif port is None:
+        raise ValueError(f"module {module} needs a port in the target (host:port)")
+    return Job(
+        template.flow_id,
+        template.check,
+        template.spec,
+        Target(endpoint.host, port),
+        template.settings,
+        template.interval,
+        template.timeout,
+        template.catalogue_flow,
+    )
+
+
+def _unconfigured_template(config: Config, module: str) -> Job:
+    timeout = config.file.defaults.timeout
+    interval = config.file.defaults.interval
+    flow = FLOWS_BY_ID.get(module)
+    if flow is not None:
+        check = effective_check(flow)
+        if check is None:
+            raise ValueError(f"flow {module} needs check {flow.check}, not available yet")
+        spec = CHECKS[check]
+        return Job(
+            module,
+            check,
+            spec,
+            Target("", flow.port),
+            spec.settings_model(),
+            interval,
+            timeout,
+            flow,
+        )
+    spec_or_none = CHECKS.get(module)
+    if spec_or_none is None:
+        raise ValueError(f"unknown module {module!r}: give a flow id or one of {', '.join(CHECKS)}")
+    return Job(
+        module, module, spec_or_none, Target(""), spec_or_none.settings_model(), interval, timeout
+    )
+
+
+async def probe(request: web.Request) -> web.Response:
+    """One check now, answered in blackbox_exporter's shape plus its certero_flow_ series."""
+    state = request.app[STATE]
+    target = request.query.get("target", "")
+    module = request.query.get("module", "")
+    if not target or not module:
+        return web.Response(status=400, text="target and module parameters are required\n")
+    try:
+        job = probe_job(state.config, module, target)
+    except ValueError as exc:
+        return web.Response(status=400, text=f"{exc}\n")
+    timeout = job.timeout
+    scrape_timeout = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+    if scrape_timeout:
+        try:
+            timeout = min(timeout, max(float(scrape_timeout) - PROBE_TIMEOUT_OFFSET, 0.1))
+        except ValueError:
+            return web.Response(status=400, text="invalid X-Prometheus-Scrape-Timeout-Seconds\n")
+    debug = request.query.get("debug", "").lower() in ("true", "1")
+    outcome = await run_check(job.spec, job.target, job.settings, timeout, capture_log=debug)
+    result = outcome.result
+    lines = [
+        "# HELP probe_success Displays whether or not the probe was a success\n",
+        "# TYPE probe_success gauge\n",
+        f"probe_success {1 if result.ok else 0}\n",
+        "# HELP probe_duration_seconds Returns how long the probe took to complete in seconds\n",
+        "# TYPE probe_duration_seconds gauge\n",
+        f"probe_duration_seconds {number(result.duration_seconds)}\n",
+    ]
+    if result.tls_cert_expiry_seconds is not None:
+        lines += [
+            "# HELP probe_ssl_earliest_cert_expiry Returns last SSL chain expiry in unixtime\n",
+            "# TYPE probe_ssl_earliest_cert_expiry gauge\n",
+            f"probe_ssl_earliest_cert_expiry {number(result.tls_cert_expiry_seconds)}\n",
+        ]
+    labels = state.store.labels(job)
+    chunks = render_pair(labels, result, time.time(), None)
+    for family, chunk in zip(PAIR_FAMILIES, chunks, strict=True):
+        if chunk:
+            lines.append(family.header().decode())
+            lines.append(chunk.decode())
+    body = "".join(lines)
+    if debug:
+        log = "\n".join(outcome.log_lines)
+        text = f"Logs for the probe:\n{log}\n\nMetrics that would have been returned:\n{body}"
+        return web.Response(text=text)
+    return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def landing_page(request: web.Request) -> web.Response:
+    """The flow matrix: one row per (flow, target), worst first."""
+    state = request.app[STATE]
+    config = state.config
+    now = time.time()
+    rows = []
+    entries = sorted(
+        state.store.entries(), key=lambda e: (e.result.ok, e.job.flow_id, str(e.job.target))
+    )
+    for entry in entries:
+        flow = entry.job.catalogue_flow
+        destination = flow.destination.value if flow is not None else "custom"
+        result = entry.result
+        css = "ok" if result.ok else "bad"
+        rows.append(
+            "<tr class='{}'><td>{}</td><td>{} → {}</td><td>{}</td><td>{}</td><td>{}</td>"
+            "<td>{:.1f} ms</td><td>{:.0f} s ago</td><td>{}</td></tr>".format(
+                css,
+                html.escape(entry.job.flow_id),
+                html.escape(config.source.value),
+                html.escape(destination),
+                html.escape(str(entry.job.target)),
+                html.escape(entry.job.check),
+                html.escape(result.result.value),
+                result.duration_seconds * 1000,
+                now - entry.finished_at,
+                "" if result.ok else html.escape(result.detail),
+            )
+        )
+    pending = len(config.jobs) - len(state.store)
+    skipped = "".join(
+        f"<li>{html.escape(flow_id)}: {html.escape(reason)}</li>"
+        for flow_id, reason in sorted(config.skipped_flows.items())
+    )
+    page = _PAGE.format(
+        version=html.escape(__version__),
+        source=html.escape(config.source.value),
+        origin=html.escape(config.origin),
+        pairs=len(config.jobs),
+        pending=pending,
+        rows="".join(rows),
+        skipped=skipped or "<li>none</li>",
+    )
+    return web.Response(text=page, content_type="text/html")
+
+
+_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Certero flow exporter</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; }}
+td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }}
+tr.ok td {{ background: #e8f5e9; }} tr.bad td {{ background: #ffebee; }}
+</style></head><body>
+<h1>Certero flow exporter {version}</h1>
+<p>Vantage point <b>{source}</b>, config {origin}: {pairs} (flow, target) pairs,
+{pending} not checked yet. <a href="/metrics">Metrics</a> ·
+<a href="/probe?module=tcp&amp;target=127.0.0.1:22&amp;debug=true">Probe example</a></p>
+<table><tr><th>Flow</th><th>Source → destination</th><th>Target</th><th>Check</th>
+<th>Result</th><th>Latency</th><th>Checked</th><th>Last error</th></tr>
+{rows}
+</table>
+<h2>Flows not checked from here</h2><ul>{skipped}</ul>
+</body></html>
+"""
+
+
+def serve(config: Config, config_path: str | None, host: str, port: int) -> None:
+    """Run the exporter until interrupted."""
+    state = ExporterState(
+        config=config, config_path=config_path, store=ResultStore(config.source.value)
+    )
+    app = make_app(state)
+    logger.info(
+        "starting version=%s listen=%s:%d pairs=%d origin=%s",
+        __version__,
+        host,
+        port,
+        len(config.jobs),
+        config.origin,
+    )
+    web.run_app(app, host=host, port=port, print=None, handle_signals=True, loop=_new_loop())
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (not on Windows), else the default loop."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up, absent on Windows
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()

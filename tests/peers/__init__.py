@@ -1,0 +1,1 @@
+"""Real peers (sshd, nginx, network namespaces), so tests exercise real protocols, not mocks."""

@@ -1,0 +1,45 @@
+"""pytest fixtures for real peers; load with `pytest_plugins = ["tests.peers.fixtures"]`.
+
+Daemons are session-scoped because each start costs a process and ports; the namespace is
+function-scoped because tests add their own filter rules to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.peers import netns as peers_netns
+from tests.peers import nginx as peers_nginx
+from tests.peers import pki as peers_pki
+from tests.peers import sshd as peers_sshd
+
+__all__ = ["isolated_host", "nginx", "pki", "sshd"]
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> peers_pki.Pki:
+    """CA plus valid, expired and wrong-host server certificates, made once per session."""
+    return peers_pki.make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[peers_sshd.Sshd]:
+    """A real OpenSSH server on a free loopback port for the whole session."""
+    with peers_sshd.run_sshd() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def nginx(pki: peers_pki.Pki) -> Iterator[peers_nginx.Nginx]:
+    """One real nginx with valid/expired/wrong-host TLS ports and a plain HTTP port."""
+    with peers_nginx.run_nginx(pki) as server:
+        yield server
+
+
+@pytest.fixture
+def isolated_host() -> Iterator[peers_netns.IsolatedHost]:
+    """A fresh network namespace per test, so filter rules never leak between tests."""
+    with peers_netns.isolated_host() as host:
+        yield host
