@@ -122,7 +122,7 @@ def _check(args: argparse.Namespace) -> int:
     elif args.format == "junit":
         sys.stdout.write(to_junit(reports))
     else:
-        print_table(reports, Console())
+        print_table(reports, Console(width=None if sys.stdout.isatty() else 160))
     return EXIT_OK if all(report.result.ok for report in reports) else EXIT_FAILED
 
 

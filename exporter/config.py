@@ -87,6 +87,8 @@ def parse_endpoint(text: str) -> Endpoint:
             raise ValueError(f"{text!r} is not a valid CIDR network") from exc
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"{text!r}: missing ']'")
         _require_ip(host, text)
         if rest and not rest.startswith(":"):
             raise ValueError(f"{text!r}: expected [address]:port")
@@ -368,6 +370,9 @@ def _yaml_problem(exc: yaml.YAMLError, origin: str) -> ConfigProblem:
     line = mark.line + 1 if mark is not None else None
     problem = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        context = f"{context} that starts on line {context_mark.line + 1}"
     message = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
     return ConfigProblem(origin, line, "", message)
 
@@ -404,6 +409,7 @@ class _Resolver:
 
     def resolve(self) -> list[Job]:
         jobs: list[Job] = []
+        self._check_network_sizes()
         for flow_id in self.config.flows:
             if flow_id not in FLOWS_BY_ID:
                 known = ", ".join(sorted(FLOWS_BY_ID))
@@ -422,6 +428,33 @@ class _Resolver:
             seen_ids.add(extra.id)
             jobs.extend(self._extra_jobs(extra, path))
         return jobs
+
+    def _check_network_sizes(self) -> None:
+        """Report each oversized network once, where it is written."""
+        limit = self.config.scheduler.max_hosts_per_network
+        written: list[tuple[tuple[str | int, ...], list[Endpoint]]] = [
+            (("targets", role.value), endpoints) for role, endpoints in self.config.targets.items()
+        ]
+        written += [
+            (("flows", flow_id, "targets"), override.targets)
+            for flow_id, override in self.config.flows.items()
+            if override.targets
+        ]
+        written += [
+            (("extra_flows", index, "targets"), extra.targets)
+            for index, extra in enumerate(self.config.extra_flows)
+            if extra.targets
+        ]
+        for path, endpoints in written:
+            for index, endpoint in enumerate(endpoints):
+                if endpoint.network is not None and endpoint.network.num_addresses > limit:
+                    self.problems.append(
+                        self.lines.problem(
+                            (*path, index),
+                            f"network {endpoint.network} has {endpoint.network.num_addresses} "
+                            f"addresses, more than scheduler.max_hosts_per_network ({limit})",
+                        )
+                    )
 
     def _catalogue_jobs(self, flow: Flow) -> list[Job]:
         override = self.config.flows.get(flow.id, FlowOverride())
@@ -547,15 +580,7 @@ class _Resolver:
             if endpoint.network is None:
                 yield Target(endpoint.host, target_port)
                 continue
-            size = endpoint.network.num_addresses
-            if size > limit:
-                self.problems.append(
-                    self.lines.problem(
-                        (*path, "targets"),
-                        f"network {endpoint.network} has {size} addresses, more than "
-                        f"scheduler.max_hosts_per_network ({limit})",
-                    )
-                )
-                continue
+            if endpoint.network.num_addresses > limit:
+                continue  # reported once by _check_network_sizes
             for address in endpoint.network.hosts():
                 yield Target(str(address), target_port)

@@ -101,25 +101,20 @@ def to_junit(reports: Sequence[FlowReport]) -> str:
 
 def results_table(reports: Sequence[FlowReport]) -> Table:
     """The human table: failing pairs first."""
-    table = Table(title="Certero flows", show_lines=False)
-    for column in (
-        "Flow",
-        "Source → destination",
-        "Target",
-        "Check",
-        "Result",
-        "Latency",
-        "Detail",
-    ):
+    sources = sorted({report.source for report in reports})
+    table = Table(title=f"Certero flows from {', '.join(sources)}", show_lines=False)
+    for column in ("Flow", "Target", "Check", "Result"):
+        table.add_column(column, no_wrap=True)
+    for column in ("Destination", "Latency", "Detail"):
         table.add_column(column, overflow="fold")
     for report in sorted(reports, key=lambda r: (r.result.ok, r.job.flow_id, str(r.job.target))):
         style = "green" if report.result.ok else "red"
         table.add_row(
             report.job.flow_id,
-            f"{report.source} → {report.destination}",
             str(report.job.target),
             report.job.check,
             f"[{style}]{report.result.result.value}[/{style}]",
+            report.destination,
             f"{report.result.duration_seconds * 1000:.1f} ms",
             report.result.detail,
         )

@@ -17,7 +17,6 @@ from tests.peers.pki import Pki
 from tests.peers.ports import free_tcp_port
 from tests.peers.sshd import Sshd, read_banner
 
-
 PROBE_PORT = 8080
 
 

@@ -1,0 +1,85 @@
+"""Runs the exporter itself as a real process, the way an operator starts it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.peers.ports import free_tcp_port
+from tests.peers.procs import stop_process
+
+START_DEADLINE_S = 20.0
+
+
+@dataclass(frozen=True)
+class RunningExporter:
+    """A started `certero-flow-exporter serve` and how to reach it."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    config_path: Path | None
+    log_path: Path
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        """GET a path; returns status and body (errors are returned, not raised)."""
+        return http_request(self.base_url + path, headers=headers)
+
+    def post(self, path: str) -> tuple[int, str]:
+        """POST an empty body to a path."""
+        return http_request(self.base_url + path, method="POST")
+
+    def log(self) -> str:
+        """What the exporter wrote to stderr so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def http_request(
+    url: str, *, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """One request with urllib; an HTTP error status is returned as a value."""
+    request = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
+
+
+@contextmanager
+def run_exporter(
+    config_path: Path | None, log_dir: Path, extra_args: Sequence[str] = ()
+) -> Iterator[RunningExporter]:
+    """Start `python -m exporter serve` on a free loopback port and wait until it is ready."""
+    port = free_tcp_port()
+    argv = [sys.executable, "-m", "exporter", "serve", "--listen", f"127.0.0.1:{port}"]
+    if config_path is not None:
+        argv += ["--config", str(config_path)]
+    log_path = log_dir / f"exporter-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([*argv, *extra_args], stdout=log, stderr=subprocess.STDOUT)
+    running = RunningExporter(process, f"http://127.0.0.1:{port}", config_path, log_path)
+    try:
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"exporter exited with {process.returncode}:\n{running.log()}")
+            try:
+                if running.get("/-/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"exporter not ready after {START_DEADLINE_S}s:\n{running.log()}"
+                )
+            time.sleep(0.05)
+        yield running
+    finally:
+        stop_process(process)

@@ -1,0 +1,144 @@
+"""The command line: one-shot `check` reports, `validate` and `catalogue`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests.peers.nginx import Nginx
+from tests.peers.ports import free_tcp_port
+from tests.peers.sshd import Sshd
+
+TESTDATA = Path(__file__).parent / "testdata"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m exporter ARGS` the way a user runs the console script."""
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def config(tmp_path: Path, sshd: Sshd, nginx: Nginx) -> Path:
+    """Two flows that pass and one that fails (a closed port)."""
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"""
+targets:
+  ibm_hmc: ["127.0.0.1:{sshd.port}"]
+  application_server: ["localhost:{nginx.valid_port}"]
+flows:
+  https_app_relay: {{ca_file: {nginx.pki.ca_cert}, path: /health}}
+extra_flows:
+  - {{id: proxy_reachable, check: tcp, target: "127.0.0.1:{free_tcp_port()}"}}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_check_json_reports_every_pair_and_fails(config: Path, sshd: Sshd) -> None:
+    """--format json is a valid document with one entry per pair; a failing flow exits 1."""
+    run = cli("check", "--config", str(config), "--format", "json")
+    assert run.returncode == 1, run.stderr
+    document = json.loads(run.stdout)
+    assert document["summary"] == {"total": 3, "ok": 2, "failed": 1}
+    flows = {entry["flow"]: entry for entry in document["flows"]}
+    assert flows["ssh_hmc"]["result"] == "ok"
+    assert flows["ssh_hmc"]["peer"]["product"] == "OpenSSH"
+    assert flows["ssh_hmc"]["target"] == f"127.0.0.1:{sshd.port}"
+    assert flows["https_app_relay"]["tls_cert_expiry_seconds"] > 0
+    assert flows["proxy_reachable"]["result"] == "refused"
+    assert "connection refused" in flows["proxy_reachable"]["detail"]
+    assert flows["proxy_reachable"]["destination"] == "custom"
+
+
+def test_check_junit_is_valid_xml_with_failures(config: Path) -> None:
+    """--format junit gives one testcase per pair and a failure element for the broken flow."""
+    run = cli("check", "--config", str(config), "--format", "junit")
+    assert run.returncode == 1
+    root = ET.fromstring(run.stdout)
+    suite = root.find("testsuite")
+    assert suite is not None
+    assert (suite.get("tests"), suite.get("failures")) == ("3", "1")
+    failures = root.findall(".//testcase/failure")
+    assert len(failures) == 1
+    assert failures[0].get("type") == "refused"
+
+
+def test_check_flow_filter_and_success_exit(config: Path) -> None:
+    """--flow limits the run; when every selected flow is ok the exit code is 0."""
+    run = cli(
+        "check",
+        "--config",
+        str(config),
+        "--flow",
+        "ssh_hmc",
+        "--flow",
+        "https_app_relay",
+        "--format",
+        "json",
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert {entry["flow"] for entry in json.loads(run.stdout)["flows"]} == {
+        "ssh_hmc",
+        "https_app_relay",
+    }
+    unknown = cli("check", "--config", str(config), "--flow", "no_such_flow")
+    assert unknown.returncode == 2
+    assert "no_such_flow" in unknown.stderr
+
+
+def test_check_table_names_the_failing_flow(config: Path) -> None:
+    """The human table lists every pair and a summary line."""
+    run = cli("check", "--config", str(config))
+    assert run.returncode == 1
+    assert "proxy_reachable" in run.stdout
+    assert "2/3 flows ok, 1 failing" in run.stdout
+
+
+def test_validate_reports_typo_and_syntax_errors_with_line() -> None:
+    """validate names file, line and field for a typo, and the line for a YAML syntax error."""
+    typo = cli("validate", str(TESTDATA / "invalid-typo-field.yaml"))
+    assert typo.returncode == 1
+    assert (
+        f"{TESTDATA / 'invalid-typo-field.yaml'}:3: defaults.intervall: unknown field"
+        in typo.stderr
+    )
+    syntax = cli("validate", str(TESTDATA / "invalid-yaml-syntax.yaml"))
+    assert syntax.returncode == 1
+    assert f"{TESTDATA / 'invalid-yaml-syntax.yaml'}:4: YAML syntax error" in syntax.stderr
+
+
+def test_validate_accepts_the_example_config() -> None:
+    """The documented example config is valid."""
+    example = Path(__file__).parent.parent / "config" / "example.yaml"
+    run = cli("validate", str(example))
+    assert run.returncode == 0, run.stderr
+    assert "valid, source endpoint_server" in run.stdout
+
+
+def test_catalogue_lists_all_flows() -> None:
+    """catalogue --format json prints all 26 flows with their table rows and errata."""
+    run = cli("catalogue", "--format", "json")
+    assert run.returncode == 0
+    flows = json.loads(run.stdout)
+    assert len(flows) == 26
+    rows = sorted(number for flow in flows for number in flow["table_rows"])
+    assert rows == list(range(1, 28))
+    browser = next(flow for flow in flows if flow["id"] == "mssql_browser_app_db")
+    assert browser["transport"] == "udp"
+    assert "UDP 1434" in browser["erratum"]
+    table = cli("catalogue")
+    assert table.returncode == 0
+    assert "mssql_bigfix" in table.stdout

@@ -1,0 +1,245 @@
+"""Config parsing: typed values, embedded default, and located error messages."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from exporter.checks.https import HttpSettings
+from exporter.config import (
+    EMBEDDED_DEFAULT,
+    Endpoint,
+    SecretRef,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_endpoint,
+)
+from exporter.errors import ConfigError, CredentialError
+
+TESTDATA = Path(__file__).parent / "testdata"
+
+# Every invalid-*.yaml file and the exact problems it must produce: (line, field path, message).
+INVALID_CASES: dict[str, list[tuple[int, str, str]]] = {
+    "invalid-typo-field.yaml": [(3, "defaults.intervall", "unknown field")],
+    "invalid-yaml-syntax.yaml": [
+        (
+            4,
+            "",
+            "YAML syntax error: expected ',' or ']', but got ':' "
+            "(while parsing a flow sequence that starts on line 3)",
+        )
+    ],
+    "invalid-unknown-flow.yaml": [(5, "flows.ldap_dcx", "unknown flow id (known: db2_bigfix,")],
+    "invalid-bad-duration.yaml": [
+        (3, "defaults.timeout", "expected a duration such as 5s, 1m30s or 250ms, got '5 parsecs'")
+    ],
+    "invalid-bad-port.yaml": [
+        (
+            4,
+            "targets.ibm_hmc[1]",
+            "'hmc2.corp.example:99999': port must be a number from 1 to 65535",
+        )
+    ],
+    "invalid-unknown-role.yaml": [
+        (2, "targets.domain_controller", "Input should be 'endpoint_networks'")
+    ],
+    "invalid-check-setting.yaml": [(6, "flows.https_app_relay.pathh", "unknown field")],
+    "invalid-unknown-check.yaml": [
+        (3, "extra_flows[1].check", "unknown check 'smtp' (known: http,")
+    ],
+    "invalid-timeout-over-interval.yaml": [
+        (6, "flows.ssh_hmc.timeout", "timeout must not exceed the interval")
+    ],
+    "invalid-duplicate-key.yaml": [(4, "targets.ibm_hmc", "duplicate key")],
+    "invalid-network-too-large.yaml": [
+        (
+            4,
+            "targets.endpoint_networks[1]",
+            "network 10.0.0.0/8 has 16777216 addresses, more than "
+            "scheduler.max_hosts_per_network (4096)",
+        )
+    ],
+    "invalid-missing-port.yaml": [(2, "extra_flows[0].port", "check tcp needs a port")],
+    "invalid-source.yaml": [(1, "source", "Input should be 'endpoint_server'")],
+    "invalid-duplicate-flow-id.yaml": [
+        (2, "extra_flows[0].id", "flow id 'ssh_hmc' is already used")
+    ],
+    "invalid-bad-regex.yaml": [
+        (5, "flows.https_app_relay.body_regex", "invalid regular expression: unterminated")
+    ],
+    "invalid-top-level-list.yaml": [(1, "", "the top level must be a mapping")],
+}
+
+
+def test_every_invalid_file_has_a_case() -> None:
+    """No invalid-*.yaml file is left without pinned messages."""
+    assert {path.name for path in TESTDATA.glob("invalid-*.yaml")} == set(INVALID_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(INVALID_CASES))
+def test_invalid_config_names_file_line_and_field(name: str) -> None:
+    """Each invalid file fails with exactly the pinned problems, located by line and field."""
+    path = TESTDATA / name
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    problems = excinfo.value.problems
+    assert len(problems) == len(INVALID_CASES[name]), str(excinfo.value)
+    for problem, (line, field, message) in zip(problems, INVALID_CASES[name], strict=True):
+        assert problem.file == str(path)
+        assert problem.line == line
+        assert problem.field == field
+        assert problem.message.startswith(message), problem.message
+    first = INVALID_CASES[name][0]
+    assert str(excinfo.value).startswith(f"{path}:{first[0]}: ")
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    """A file with several mistakes lists each of them, not just the first."""
+    text = "defaults: {intervall: 5s}\nscheduler: {concurency: 3}\nsource: somewhere\n"
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(text, "multi.yaml")
+    located = {(p.line, p.field) for p in excinfo.value.problems}
+    assert located == {(1, "defaults.intervall"), (2, "scheduler.concurency"), (3, "source")}
+
+
+def test_missing_file_is_a_config_error() -> None:
+    """A config path that does not exist names the path."""
+    with pytest.raises(ConfigError, match="no-such-file.yaml"):
+        load_config("/nonexistent/no-such-file.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("5s", 5.0), ("250ms", 0.25), ("1m30s", 90.0), ("2h", 7200.0), (3, 3.0), (0.5, 0.5)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    """Durations accept Prometheus-style units and plain seconds."""
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5", "5 s", "s", "-1s", "0s", True, "1d"])
+def test_bad_durations(text: object) -> None:
+    """Anything else is rejected with a message (a quoted number needs a unit)."""
+    with pytest.raises(ValueError, match="duration|greater than zero"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "endpoint"),
+    [
+        ("dc1.corp.example", Endpoint("dc1.corp.example")),
+        ("hmc1.corp.example:2222", Endpoint("hmc1.corp.example", 2222)),
+        ("10.1.2.3:22", Endpoint("10.1.2.3", 22)),
+        ("::1", Endpoint("::1")),
+        ("fe80::1", Endpoint("fe80::1")),
+        ("[2001:db8::5]:636", Endpoint("2001:db8::5", 636)),
+        ("[::1]", Endpoint("::1")),
+        ("10.20.0.0/22", Endpoint(network=ipaddress.ip_network("10.20.0.0/22"))),
+        ("2001:db8::/126", Endpoint(network=ipaddress.ip_network("2001:db8::/126"))),
+    ],
+)
+def test_endpoints(text: str, endpoint: Endpoint) -> None:
+    """Targets accept host[:port], IPv6 literals with or without brackets, and CIDRs."""
+    assert parse_endpoint(text) == endpoint
+
+
+@pytest.mark.parametrize(
+    "text", ["", "host:0", "host:abc", "[::1", "[nothost]:22", "bad host", "10.0.0.0/33", ":::"]
+)
+def test_bad_endpoints(text: str) -> None:
+    """Malformed targets are rejected."""
+    with pytest.raises(ValueError):
+        parse_endpoint(text)
+
+
+def test_embedded_default_targets_loopback_in_every_role() -> None:
+    """No config means the embedded default: real checks of this host's loopback."""
+    config = load_config(None)
+    assert config.origin == EMBEDDED_DEFAULT
+    assert config.jobs
+    assert all(job.target.host == "127.0.0.1" for job in config.jobs)
+    flows = {job.flow_id for job in config.jobs}
+    assert {"ssh_endpoints", "icmp_endpoints", "https_app_relay", "ldaps_dc"} <= flows
+    # UDP flows wait for their own checks and say so.
+    assert "snmp_endpoints" in config.skipped_flows
+
+
+def test_overrides_custom_flows_and_networks() -> None:
+    """Per-flow overrides, custom flows and CIDR expansion resolve into jobs."""
+    config = parse_config(
+        """
+source: endpoint_server
+defaults: {interval: 60s, timeout: 5s}
+targets:
+  ibm_hmc: ["hmc1.corp.example:2222", hmc2.corp.example]
+  endpoint_networks: [192.0.2.0/30]
+  application_server: [app.corp.example]
+flows:
+  ssh_hmc: {interval: 2m, timeout: 10s}
+  https_app_relay: {port: 8443, path: /relay/health, expected_status: [200, 204]}
+  smb_endpoints: {enabled: false}
+extra_flows:
+  - {id: proxy_reachable, check: tcp, target: "proxy.corp.example:3128", interval: 15s}
+""",
+        "inline.yaml",
+    )
+    jobs = {(job.flow_id, str(job.target)): job for job in config.jobs}
+    hmc = jobs[("ssh_hmc", "hmc1.corp.example:2222")]
+    assert (hmc.interval, hmc.timeout) == (120.0, 10.0)
+    assert ("ssh_hmc", "hmc2.corp.example:22") in jobs
+    relay = jobs[("https_app_relay", "app.corp.example:8443")]
+    assert isinstance(relay.settings, HttpSettings)
+    assert relay.settings.path == "/relay/health"
+    assert relay.settings.expected_status == [200, 204]
+    sweeps = sorted(str(job.target) for job in config.jobs if job.flow_id == "ssh_endpoints")
+    assert sweeps == ["192.0.2.1:22", "192.0.2.2:22"]
+    assert "smb_endpoints" in config.skipped_flows
+    proxy = jobs[("proxy_reachable", "proxy.corp.example:3128")]
+    assert (proxy.check, proxy.interval, proxy.timeout) == ("tcp", 15.0, 5.0)
+    assert proxy.catalogue_flow is None
+
+
+def test_flow_from_another_vantage_point_is_not_run_here() -> None:
+    """Settings for a flow measured elsewhere produce a warning and no job."""
+    config = parse_config(
+        "source: endpoint_server\ntargets: {database_server: [db1]}\nflows: {mssql_app_db: {}}\n",
+        "inline.yaml",
+    )
+    assert not [job for job in config.jobs if job.flow_id == "mssql_app_db"]
+    assert any("mssql_app_db is measured from application_server" in w for w in config.warnings)
+
+
+def test_unavailable_check_falls_back_and_says_so() -> None:
+    """A catalogue check not in this version runs its stated fallback, labelled as such."""
+    config = parse_config(
+        "targets: {domain_controllers: [dc1]}\nflows: {ldaps_dc: {bind_dn: x}}\n", "inline.yaml"
+    )
+    checks = {job.flow_id: job.check for job in config.jobs}
+    assert checks == {"ldap_dc": "tcp", "ldaps_dc": "tls", "ldaps_gc": "tls"}
+    assert any("bind_dn" in warning and "ignored" in warning for warning in config.warnings)
+
+
+def test_secret_from_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets are read from a file or an environment variable and never shown in repr."""
+    secret_file = tmp_path / "ldap"
+    secret_file.write_text("s3cret-value\n", encoding="utf-8")
+    from_file = SecretRef(file=secret_file)
+    assert from_file.reveal() == "s3cret-value"
+    assert "s3cret" not in repr(from_file)
+    monkeypatch.setenv("CFE_TEST_SECRET", "env-s3cret")
+    from_env = SecretRef(env="CFE_TEST_SECRET")
+    assert from_env.reveal() == "env-s3cret"
+    assert "env-s3cret" not in repr(from_env)
+
+
+def test_secret_errors_name_the_reference_only(tmp_path: Path) -> None:
+    """A missing secret names the file or variable, and a ref needs exactly one source."""
+    with pytest.raises(CredentialError, match="missing-secret"):
+        SecretRef(file=tmp_path / "missing-secret").reveal()
+    with pytest.raises(CredentialError, match="CFE_UNSET_VARIABLE"):
+        SecretRef(env="CFE_UNSET_VARIABLE").reveal()
+    with pytest.raises(ValueError, match="exactly one"):
+        SecretRef()
