@@ -103,6 +103,7 @@ def test_every_row_belongs_to_exactly_one_flow() -> None:
 )  # fmt: skip
 def test_flow_ids_and_shapes(
     flow_id: str,
+    *,
     transport: Transport,
     port: int | None,
     source: VantagePoint,

@@ -107,7 +107,7 @@ def test_all_problems_are_reported_at_once() -> None:
 
 def test_missing_file_is_a_config_error() -> None:
     """A config path that does not exist names the path."""
-    with pytest.raises(ConfigError, match="no-such-file.yaml"):
+    with pytest.raises(ConfigError, match=r"no-such-file\.yaml"):
         load_config("/nonexistent/no-such-file.yaml")
 
 
@@ -123,7 +123,7 @@ def test_durations(text: object, seconds: float) -> None:
 @pytest.mark.parametrize("text", ["", "5", "5 s", "s", "-1s", "0s", True, "1d"])
 def test_bad_durations(text: object) -> None:
     """Anything else is rejected with a message (a quoted number needs a unit)."""
-    with pytest.raises(ValueError, match="duration|greater than zero"):
+    with pytest.raises(ValueError, match=r"duration|greater than zero"):
         parse_duration(text)
 
 
@@ -150,8 +150,8 @@ def test_endpoints(text: str, endpoint: Endpoint) -> None:
     "text", ["", "host:0", "host:abc", "[::1", "[nothost]:22", "bad host", "10.0.0.0/33", ":::"]
 )
 def test_bad_endpoints(text: str) -> None:
-    """Malformed targets are rejected."""
-    with pytest.raises(ValueError):
+    """Malformed targets are rejected with a message naming what is wrong."""
+    with pytest.raises(ValueError, match=r"target|port|valid|missing"):
         parse_endpoint(text)
 
 
