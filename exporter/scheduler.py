@@ -90,9 +90,10 @@ class Scheduler:
                 if key in self._running:
                     self._metrics.skipped_runs.inc()
                     continue
-                await self._slots.acquire()
+                slots = self._slots  # a reload may replace it; release the one acquired
+                await slots.acquire()
                 self._running.add(key)
-                task = asyncio.create_task(self._run_one(job, due), name=f"check {key}")
+                task = asyncio.create_task(self._run_one(job, due, slots), name=f"check {key}")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         finally:
@@ -125,12 +126,11 @@ class Scheduler:
         following = due + step
         return following if following > now else now + step
 
-    async def _run_one(self, job: Job, due: float) -> None:
+    async def _run_one(self, job: Job, due: float, slots: asyncio.Semaphore) -> None:
         loop = asyncio.get_running_loop()
         limit = self._host_limits.setdefault(
             job.target.host, asyncio.Semaphore(self._config.file.scheduler.per_host_concurrency)
         )
-        slots = self._slots
         try:
             async with limit:
                 self._metrics.scheduler_lag.observe(max(0.0, loop.time() - due))
