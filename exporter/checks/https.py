@@ -137,29 +137,40 @@ def _request(target: Target, path: str, settings: HttpSettings) -> bytes:
 
 
 async def _read_head(reader: asyncio.StreamReader) -> _Response:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.LimitOverrunError as exc:
-        raise CheckFailure(
-            Result.PROTOCOL_MISMATCH, f"response headers exceed {STREAM_LIMIT // 1024} KiB"
-        ) from exc
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            raise CheckFailure(
-                Result.SERVICE_ERROR, "connection closed before an HTTP response"
-            ) from exc
-        head = exc.partial + b"\r\n"
-    match = _STATUS_LINE.match(head)
+    """Read the status line first, so a non-HTTP peer is named even if it then resets."""
+    status_line = await _read_until(reader, b"\n", "status line")
+    match = _STATUS_LINE.match(status_line)
     if match is None:
-        excerpt = head[:40].decode("ascii", errors="replace").splitlines()[0] if head else ""
+        excerpt = status_line[:40].decode("ascii", errors="replace").strip()
         raise CheckFailure(Result.PROTOCOL_MISMATCH, f"not an HTTP response: {excerpt!r}")
+    head = b""
+    if not status_line.endswith(b"\r\n\r\n"):
+        head = await _read_until(reader, b"\r\n\r\n", "headers", allow_bare_end=True)
     headers: dict[str, str] = {}
-    for raw in head[match.end() :].split(b"\r\n"):
+    for raw in head.split(b"\r\n"):
         name, sep, value = raw.partition(b":")
         if sep:
             headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
     reason = (match.group(4) or b"").decode("latin-1")
     return _Response(int(match.group(3)), reason, headers)
+
+
+async def _read_until(
+    reader: asyncio.StreamReader, separator: bytes, what: str, *, allow_bare_end: bool = False
+) -> bytes:
+    """Bounded read up to a separator; what a closing peer sent so far is returned."""
+    try:
+        return await reader.readuntil(separator)
+    except asyncio.LimitOverrunError as exc:
+        raise CheckFailure(
+            Result.PROTOCOL_MISMATCH, f"response {what} exceed {STREAM_LIMIT // 1024} KiB"
+        ) from exc
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial or allow_bare_end:  # the caller validates what came before the close
+            return exc.partial + b"\r\n"
+        raise CheckFailure(
+            Result.SERVICE_ERROR, "connection closed before an HTTP response"
+        ) from exc
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limit: int) -> bytes:
@@ -175,7 +186,18 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limi
             raise CheckFailure(
                 Result.SERVICE_ERROR, "connection closed in the middle of the body"
             ) from exc
-    return await reader.read(limit)
+    return await _read_to_close(reader, limit)
+
+
+async def _read_to_close(reader: asyncio.StreamReader, limit: int) -> bytes:
+    """A body delimited by the connection's close: read until EOF or `limit` bytes."""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await reader.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
 
 
 async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:

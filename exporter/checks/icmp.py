@@ -42,10 +42,12 @@ async def run(target: Target, settings: IcmpSettings, context: CheckContext) -> 
     rtts: list[float] = []
     last_error: CheckFailure | None = None
     try:
-        for _ in range(settings.count):
+        for sent in range(settings.count):
+            # Each echo gets an equal share of the time left, so one loss does not starve the rest.
+            wait = context.remaining() / (settings.count - sent)
             try:
                 with context.phase(Phase.HANDSHAKE):
-                    rtts.append(await _echo(icmp_socket, address.ip, settings, context))
+                    rtts.append(await _echo(icmp_socket, address.ip, settings, context, wait))
             except CheckFailure as failure:
                 last_error = failure
                 if failure.result is not Result.TIMEOUT:
@@ -84,7 +86,7 @@ def _open_socket(family: socket.AddressFamily, wanted: str) -> tuple[Any, str]:
 
 
 async def _echo(
-    icmp_socket: Any, address: str, settings: IcmpSettings, context: CheckContext
+    icmp_socket: Any, address: str, settings: IcmpSettings, context: CheckContext, wait: float
 ) -> float:
     identifier = next(_identifiers) & 0xFFFF
     request = icmplib.ICMPRequest(
@@ -96,7 +98,7 @@ async def _echo(
     try:
         icmp_socket.send(request)
         started = time.perf_counter()
-        reply = await icmp_socket.receive(request, timeout=max(context.remaining(), 0.001))
+        reply = await icmp_socket.receive(request, timeout=max(wait, 0.001))
         rtt = time.perf_counter() - started
         reply.raise_for_status()
     except icmplib.TimeoutExceeded as exc:

@@ -1,0 +1,179 @@
+"""Unit tests of exporter/classify.py: exception (and phase) to result class and detail."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import ssl
+
+import pytest
+
+from exporter.checks import CheckContext, CheckSettings, CheckSpec, Target
+from exporter.classify import classify, is_expected
+from exporter.errors import CheckFailure
+from exporter.result import CheckResult, Phase, Result
+from exporter.runner import run_check
+
+
+def _wrong_version_number_error() -> ssl.SSLError:
+    """A real OpenSSL error: a TLS client that receives an HTTP answer instead of a ServerHello."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="example")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    incoming.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    with pytest.raises(ssl.SSLError) as excinfo:
+        client.do_handshake()
+    return excinfo.value
+
+
+def _ssl_error(reason: str) -> ssl.SSLError:
+    error = ssl.SSLError(1, f"[SSL: {reason}] {reason.lower()}")
+    error.reason = reason  # set by the _ssl module on errors raised by OpenSSL
+    return error
+
+
+def _verification_error(message: str) -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, f"certificate verify failed: {message}")
+    error.verify_message = message  # set by the _ssl module on verification failures
+    return error
+
+
+def test_gaierror_is_dns_error() -> None:
+    """A resolver error is dns_error and quotes the resolver's message."""
+    error = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    assert classify(error, Phase.RESOLVE) == (
+        Result.DNS_ERROR,
+        "name resolution failed: Name or service not known",
+    )
+    assert is_expected(error)
+
+
+def test_connection_refused_is_refused() -> None:
+    """ConnectionRefusedError is refused."""
+    result, detail = classify(ConnectionRefusedError(errno.ECONNREFUSED, "refused"), Phase.CONNECT)
+    assert result is Result.REFUSED
+    assert detail.startswith("connection refused")
+
+
+@pytest.mark.parametrize("code", [errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES])
+def test_path_errors_are_unreachable(code: int) -> None:
+    """An OSError saying the path is closed (no route, or local policy) is unreachable."""
+    error = OSError(code, os.strerror(code))
+    assert classify(error, Phase.CONNECT) == (
+        Result.UNREACHABLE,
+        f"{os.strerror(code)} (no route, or rejected by a firewall) during connect",
+    )
+    assert is_expected(error)
+
+
+def test_timeout_error_is_timeout_naming_phase() -> None:
+    """TimeoutError is timeout and the detail names the phase it happened in."""
+    assert classify(TimeoutError(), Phase.CONNECT) == (Result.TIMEOUT, "timed out during connect")
+
+
+def test_etimedout_oserror_is_timeout() -> None:
+    """An OSError with ETIMEDOUT (the kernel giving up on a connect) is timeout."""
+    result, _ = classify(OSError(errno.ETIMEDOUT, "Connection timed out"), None)
+    assert result is Result.TIMEOUT
+
+
+def test_certificate_verification_error_is_tls_error() -> None:
+    """A certificate verification failure is tls_error quoting OpenSSL's verify message."""
+    error = _verification_error("certificate has expired")
+    assert classify(error, Phase.TLS) == (
+        Result.TLS_ERROR,
+        "certificate rejected: certificate has expired",
+    )
+
+
+def test_wrong_version_number_is_protocol_mismatch() -> None:
+    """OpenSSL's WRONG_VERSION_NUMBER means the peer does not speak TLS: protocol_mismatch."""
+    error = _wrong_version_number_error()
+    assert error.reason == "WRONG_VERSION_NUMBER"
+    assert classify(error, Phase.TLS) == (
+        Result.PROTOCOL_MISMATCH,
+        "peer does not speak TLS (wrong_version_number)",
+    )
+
+
+def test_other_ssl_error_is_tls_error() -> None:
+    """An SSL error from a TLS-speaking peer (a handshake alert) is tls_error with its reason."""
+    error = _ssl_error("SSLV3_ALERT_HANDSHAKE_FAILURE")
+    assert classify(error, Phase.TLS) == (
+        Result.TLS_ERROR,
+        "TLS handshake failed: sslv3 alert handshake failure",
+    )
+
+
+def test_incomplete_read_in_tls_phase_is_tls_error() -> None:
+    """A peer closing in the middle of the TLS handshake is tls_error."""
+    error = asyncio.IncompleteReadError(partial=b"", expected=5)
+    assert classify(error, Phase.TLS) == (
+        Result.TLS_ERROR,
+        "connection closed by peer during the TLS handshake",
+    )
+    assert is_expected(error)
+
+
+def test_incomplete_read_in_handshake_phase_is_service_error() -> None:
+    """A peer closing in the middle of the protocol exchange is service_error."""
+    error = asyncio.IncompleteReadError(partial=b"SSH-", expected=255)
+    assert classify(error, Phase.HANDSHAKE) == (
+        Result.SERVICE_ERROR,
+        "connection closed by peer during handshake",
+    )
+
+
+def test_connection_reset_is_service_error() -> None:
+    """A reset after connecting is a service_error about the peer closing."""
+    error = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    result, detail = classify(error, Phase.HANDSHAKE)
+    assert result is Result.SERVICE_ERROR
+    assert "closed by peer during handshake" in detail
+
+
+def test_check_failure_passes_through() -> None:
+    """A CheckFailure keeps the class and detail the check chose, whatever the phase."""
+    failure = CheckFailure(Result.AUTH_FAILED, "host key SHA256:x is not one of the expected keys")
+    assert classify(failure, Phase.HANDSHAKE) == (
+        Result.AUTH_FAILED,
+        "host key SHA256:x is not one of the expected keys",
+    )
+    assert is_expected(failure)
+
+
+def test_unknown_exception_is_service_error_and_unexpected() -> None:
+    """An exception that is no network failure is service_error and flagged as a defect."""
+    error = KeyError("version")
+    assert classify(error, Phase.HANDSHAKE) == (
+        Result.SERVICE_ERROR,
+        "check failed unexpectedly during handshake: KeyError",
+    )
+    assert not is_expected(error)
+
+
+def test_detail_without_phase_has_no_phase_suffix() -> None:
+    """Without a current phase, details carry no " during ..." suffix."""
+    assert classify(TimeoutError(), None) == (Result.TIMEOUT, "timed out")
+
+
+class _NoSettings(CheckSettings):
+    """No options."""
+
+
+async def test_runner_turns_a_defect_into_service_error(caplog: pytest.LogCaptureFixture) -> None:
+    """run_check never raises: a defect in a check becomes service_error and is logged."""
+
+    async def broken(target: Target, settings: _NoSettings, context: CheckContext) -> CheckResult:
+        with context.phase(Phase.HANDSHAKE):
+            raise KeyError("version")
+
+    spec = CheckSpec("broken", _NoSettings, broken, "always raises")
+    outcome = await run_check(spec, Target("127.0.0.1", 1), _NoSettings(), 1.0)
+    assert outcome.result.result is Result.SERVICE_ERROR
+    assert outcome.result.detail == "check failed unexpectedly during handshake: KeyError"
+    assert Phase.HANDSHAKE in outcome.result.phases
+    assert "check raised an unexpected error check=broken" in caplog.text

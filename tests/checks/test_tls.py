@@ -1,0 +1,131 @@
+"""`tls` check against a real nginx (valid, expired, wrong-host certificates) and non-TLS peers."""
+
+from __future__ import annotations
+
+import re
+
+from exporter.checks import CHECKS, Target
+from exporter.checks.net import TlsSettings
+from exporter.result import CheckResult, Phase, Result
+from exporter.runner import run_check
+from tests.checks.fakes import HOST, closes_at_once, fake_server, silent
+from tests.peers.netns import IsolatedHost
+from tests.peers.nginx import Nginx
+from tests.peers.pki import Pki
+from tests.peers.ports import free_tcp_port
+from tests.peers.sshd import Sshd
+
+NAMESPACE_PORT = 8443
+SHORT_TIMEOUT_S = 1.0
+
+
+def _verifying(pki: Pki) -> TlsSettings:
+    return TlsSettings(ca_file=str(pki.ca_cert), server_name="localhost")
+
+
+async def _tls(
+    port: int, settings: TlsSettings, host: str = HOST, timeout_seconds: float = 5.0
+) -> CheckResult:
+    outcome = await run_check(CHECKS["tls"], Target(host, port), settings, timeout_seconds)
+    return outcome.result
+
+
+async def test_ok_with_trusted_certificate(nginx: Nginx, pki: Pki) -> None:
+    """A valid certificate from the trusted CA is ok, reporting version and the exact expiry."""
+    result = await _tls(nginx.valid_port, _verifying(pki))
+    assert result.result is Result.OK
+    assert result.peer is not None
+    assert result.peer.product == "TLS"
+    assert re.fullmatch(r"TLSv1\.[23]", result.peer.version)
+    assert result.tls_cert_expiry_seconds == pki.valid.not_after.timestamp()
+    assert {Phase.CONNECT, Phase.TLS} <= set(result.phases)
+    assert result.address == "127.0.0.1"
+    assert f"handshake with 127.0.0.1:{nginx.valid_port}" in result.detail
+    assert "certificate expires in" in result.detail
+
+
+async def test_expired_certificate_is_tls_error_with_expiry(nginx: Nginx, pki: Pki) -> None:
+    """An expired certificate is a tls_error saying "expired" and still reports its expiry."""
+    result = await _tls(nginx.expired_port, _verifying(pki))
+    assert result.result is Result.TLS_ERROR
+    assert "expired" in result.detail
+    assert result.tls_cert_expiry_seconds == pki.expired.not_after.timestamp()
+    assert Phase.TLS in result.phases
+
+
+async def test_wrong_host_certificate_is_tls_error(nginx: Nginx, pki: Pki) -> None:
+    """A certificate for another name is a tls_error naming the hostname mismatch."""
+    result = await _tls(nginx.wrong_host_port, _verifying(pki))
+    assert result.result is Result.TLS_ERROR
+    assert "hostname mismatch" in result.detail.lower()
+    assert result.tls_cert_expiry_seconds == pki.wrong_host.not_after.timestamp()
+
+
+async def test_untrusted_ca_is_tls_error(nginx: Nginx, pki: Pki) -> None:
+    """Without the test CA in the trust store, the valid certificate is rejected as untrusted."""
+    result = await _tls(nginx.valid_port, TlsSettings(server_name="localhost"))
+    assert result.result is Result.TLS_ERROR
+    assert "certificate rejected" in result.detail
+    assert "issuer" in result.detail
+    assert result.tls_cert_expiry_seconds == pki.valid.not_after.timestamp()
+
+
+async def test_insecure_skip_verify_accepts_expired(nginx: Nginx, pki: Pki) -> None:
+    """insecure_skip_verify makes the expired port ok while still reporting the expiry."""
+    settings = TlsSettings(ca_file=str(pki.ca_cert), insecure_skip_verify=True)
+    result = await _tls(nginx.expired_port, settings)
+    assert result.result is Result.OK
+    assert result.tls_cert_expiry_seconds == pki.expired.not_after.timestamp()
+    assert result.peer is not None
+    assert result.peer.product == "TLS"
+
+
+async def test_protocol_mismatch_against_sshd(sshd: Sshd, pki: Pki) -> None:
+    """An SSH server, which talks first and not in TLS records, is a protocol_mismatch."""
+    result = await _tls(sshd.port, _verifying(pki))
+    assert result.result is Result.PROTOCOL_MISMATCH
+    assert "does not speak TLS" in result.detail
+    assert Phase.TLS in result.phases
+
+
+async def test_protocol_mismatch_against_plain_http(nginx: Nginx, pki: Pki) -> None:
+    """A plain-HTTP port answers the ClientHello with an HTTP 400: a protocol_mismatch."""
+    result = await _tls(nginx.http_port, _verifying(pki))
+    assert result.result is Result.PROTOCOL_MISMATCH
+    assert "does not speak TLS" in result.detail
+    assert result.tls_cert_expiry_seconds is None
+
+
+async def test_refused_on_closed_port(pki: Pki) -> None:
+    """A closed port is refused before any TLS is attempted."""
+    result = await _tls(free_tcp_port(), _verifying(pki))
+    assert result.result is Result.REFUSED
+    assert "connection refused" in result.detail
+    assert Phase.TLS not in result.phases
+
+
+async def test_timeout_when_syn_is_dropped(isolated_host: IsolatedHost, pki: Pki) -> None:
+    """A silently dropped SYN makes the check time out during connect."""
+    isolated_host.tcp_listener(NAMESPACE_PORT)
+    isolated_host.drop_all_tcp_to(NAMESPACE_PORT)
+    result = await _tls(NAMESPACE_PORT, _verifying(pki), isolated_host.address, SHORT_TIMEOUT_S)
+    assert result.result is Result.TIMEOUT
+    assert "connect" in result.detail
+    assert result.address == isolated_host.address
+
+
+async def test_timeout_when_server_never_answers_client_hello(pki: Pki) -> None:
+    """A server that accepts but never answers the ClientHello times out during tls."""
+    async with fake_server(silent) as port:
+        result = await _tls(port, _verifying(pki), timeout_seconds=SHORT_TIMEOUT_S)
+    assert result.result is Result.TIMEOUT
+    assert "during tls" in result.detail
+
+
+async def test_tls_error_when_server_closes_during_handshake(pki: Pki) -> None:
+    """A server that closes the connection instead of answering the ClientHello is a tls_error."""
+    async with fake_server(closes_at_once) as port:
+        result = await _tls(port, _verifying(pki))
+    assert result.result is Result.TLS_ERROR
+    assert "closed by peer during the TLS handshake" in result.detail
+    assert Phase.TLS in result.phases
