@@ -10,7 +10,7 @@ The collector reads results only: it never awaits and never does I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from exporter.catalogue import FLOWS, Flow
@@ -219,11 +219,12 @@ def render_catalogue(flows: Iterable[Flow] = FLOWS) -> bytes:
     return "".join(lines).encode()
 
 
-def render_families(chunks_by_pair: Iterable[Sequence[bytes]]) -> bytes:
-    """Join the kept chunks of every pair, family by family, headers first."""
+def iter_families(chunks_by_pair: Iterable[Sequence[bytes]]) -> Iterator[bytes]:
+    """Join the kept chunks of every pair, one family at a time, headers first.
+
+    Yielding per family lets the web handler send each part and let the event loop run in
+    between, instead of blocking it for the whole body.
+    """
     pairs = list(chunks_by_pair)
-    parts: list[bytes] = []
     for index, family in enumerate(PAIR_FAMILIES):
-        parts.append(family.header())
-        parts.extend(chunks[index] for chunks in pairs)
-    return b"".join(parts)
+        yield family.header() + b"".join(chunks[index] for chunks in pairs)

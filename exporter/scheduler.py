@@ -23,6 +23,9 @@ from exporter.store import ResultStore
 
 logger = logging.getLogger(__name__)
 JobKey = tuple[str, str]
+# Pairs due within this slack start in the same wake-up: event loops round timers (uvloop to
+# whole milliseconds), and sleeping for less would only spin.
+WAKEUP_SLACK_SECONDS = 0.002
 
 
 class Scheduler:
@@ -78,7 +81,7 @@ class Scheduler:
                     continue
                 due, _, key = self._heap[0]
                 now = loop.time()
-                if due > now:
+                if due > now + WAKEUP_SLACK_SECONDS:
                     await self._sleep(due - now)
                     continue
                 heapq.heappop(self._heap)
@@ -128,9 +131,10 @@ class Scheduler:
 
     async def _run_one(self, job: Job, due: float, slots: asyncio.Semaphore) -> None:
         loop = asyncio.get_running_loop()
-        limit = self._host_limits.setdefault(
-            job.target.host, asyncio.Semaphore(self._config.file.scheduler.per_host_concurrency)
-        )
+        limit = self._host_limits.get(job.target.host)
+        if limit is None:
+            limit = asyncio.Semaphore(self._config.file.scheduler.per_host_concurrency)
+            self._host_limits[job.target.host] = limit
         try:
             async with limit:
                 self._metrics.scheduler_lag.observe(max(0.0, loop.time() - due))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from exporter.collector import History, render_families, render_pair
+from exporter.collector import History, iter_families, render_pair
 from exporter.config import Job
 from exporter.result import CheckResult, Result
 
@@ -77,6 +77,10 @@ class ResultStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def render_parts(self) -> Iterator[bytes]:
+        """The per-pair families for a scrape, one family per part: joins of kept bytes."""
+        return iter_families([entry.chunks for entry in self._entries.values()])
+
     def render(self) -> bytes:
-        """The per-pair families for a scrape: a join of kept bytes, no formatting."""
-        return render_families(entry.chunks for entry in self._entries.values())
+        """The whole per-pair text at once (for tests and one-shot use)."""
+        return b"".join(self.render_parts())

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import html
+import itertools
 import logging
 import signal
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -37,6 +39,7 @@ from exporter.store import ResultStore
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 10163
+GZIP_LEVEL = 1  # scrapes are large and repetitive: the fastest level already shrinks them ~10x
 PROBE_TIMEOUT_OFFSET = 0.5  # seconds kept back from Prometheus's scrape timeout, as blackbox does
 
 
@@ -113,11 +116,30 @@ async def _reload_locked(state: ExporterState) -> ConfigError | None:
         return state.reload()
 
 
-async def metrics(request: web.Request) -> web.Response:
-    """Cached results of every pair plus the exporter's own metrics; never waits on a check."""
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """Cached results of every pair plus the exporter's own metrics; never waits on a check.
+
+    The body is sent family by family so the event loop keeps running checks between parts,
+    and gzip-compressed (in a worker thread) when the client accepts it, as Prometheus does.
+    """
     state = request.app[STATE]
-    body = state.store.render() + state.catalogue + state.metrics.render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE})
+    compressor = None
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        response.headers["Content-Encoding"] = "gzip"
+    await response.prepare(request)
+    loop = asyncio.get_running_loop()
+    parts = itertools.chain(state.store.render_parts(), (state.catalogue, state.metrics.render()))
+    for part in parts:
+        if compressor is None:
+            await response.write(part)
+        else:
+            await response.write(await loop.run_in_executor(None, compressor.compress, part))
+    if compressor is not None:
+        await response.write(compressor.flush())
+    await response.write_eof()
+    return response
 
 
 async def healthy(request: web.Request) -> web.Response:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -144,6 +146,20 @@ def test_metrics_pass_promtool(exporter: RunningExporter) -> None:
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_gzip_scrape_is_the_same_text(exporter: RunningExporter) -> None:
+    """With Accept-Encoding: gzip (as Prometheus sends) the body is gzip of the same families."""
+    text, _ = poll_metrics(exporter, all_three_checked)
+    request = urllib.request.Request(
+        exporter.base_url + "/metrics", headers={"Accept-Encoding": "gzip"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.headers["Content-Encoding"] == "gzip"
+        unzipped = gzip.decompress(response.read()).decode()
+    names = {family.name for family in text_string_to_metric_families(unzipped)}
+    assert names == {family.name for family in text_string_to_metric_families(text)}
+    assert "certero_flow_up" in names
 
 
 def test_probe_answers_in_blackbox_shape(

@@ -8,8 +8,10 @@ verification still has an expiry date).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -35,17 +37,23 @@ class Target:
     port: int | None = None
 
     @property
-    def is_ip_literal(self) -> bool:
-        """True when no name resolution is needed."""
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
+    def literal_family(self) -> socket.AddressFamily | None:
+        """AF_INET/AF_INET6 when the host is an IP literal (no resolution needed), else None."""
+        return _literal_family(self.host)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port is None else f"{host}:{self.port}"
+
+
+@functools.lru_cache(maxsize=65536)
+def _literal_family(host: str) -> socket.AddressFamily | None:
+    """Parsed once per host: a check runs against the same targets again and again."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if address.version == 6 else socket.AF_INET
 
 
 class CheckContext:

@@ -42,12 +42,13 @@ async def resolve(
 ) -> ResolvedAddress:
     """Resolve the target to its first address (phase `resolve`; skipped for IP literals)."""
     port = target.port or 0
-    loop = asyncio.get_running_loop()
-    if target.is_ip_literal:
-        infos = await loop.getaddrinfo(target.host, port, type=kind, flags=socket.AI_NUMERICHOST)
-    else:
-        with context.phase(Phase.RESOLVE):
-            infos = await loop.getaddrinfo(target.host, port, type=kind)
+    family = target.literal_family
+    if family is not None:  # an IP literal: no resolver round trip (and no thread-pool hop)
+        address = ResolvedAddress(family=family, sockaddr=(target.host, port))
+        context.address = target.host
+        return address
+    with context.phase(Phase.RESOLVE):
+        infos = await asyncio.get_running_loop().getaddrinfo(target.host, port, type=kind)
     family, _, _, _, sockaddr = infos[0]
     address = ResolvedAddress(family=family, sockaddr=(str(sockaddr[0]), int(sockaddr[1])))
     context.address = address.ip
