@@ -30,6 +30,7 @@ HISTOGRAM_BUCKETS: tuple[float, ...] = (
     10.0,
 )
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RENDER_SLICE_PAIRS = 1000  # pairs per yielded part: bounds how long one part blocks the loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,11 +221,13 @@ def render_catalogue(flows: Iterable[Flow] = FLOWS) -> bytes:
 
 
 def iter_families(chunks_by_pair: Iterable[Sequence[bytes]]) -> Iterator[bytes]:
-    """Join the kept chunks of every pair, one family at a time, headers first.
+    """Join the kept chunks of every pair, family by family, headers first, in slices.
 
-    Yielding per family lets the web handler send each part and let the event loop run in
-    between, instead of blocking it for the whole body.
+    Yielding slices of `RENDER_SLICE_PAIRS` pairs lets the web handler send each part and let
+    the event loop run in between, instead of blocking it for the whole body.
     """
     pairs = list(chunks_by_pair)
     for index, family in enumerate(PAIR_FAMILIES):
-        yield family.header() + b"".join(chunks[index] for chunks in pairs)
+        yield family.header()
+        for start in range(0, len(pairs), RENDER_SLICE_PAIRS):
+            yield b"".join(chunks[index] for chunks in pairs[start : start + RENDER_SLICE_PAIRS])
