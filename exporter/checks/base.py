@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict
 
 from exporter.result import CheckResult, PeerInfo, Phase, Result
 
+logger = logging.getLogger("exporter.checks")
+
 
 class CheckSettings(BaseModel):
     """Base of every check's settings model: strict, immutable, unknown keys rejected."""
@@ -69,7 +71,6 @@ class CheckContext:
         self.tls_cert_expiry_seconds: float | None = None
         self.tcp_rtt_seconds: float | None = None
         self.log_lines: list[str] | None = [] if capture_log else None
-        self._logger = logging.getLogger("exporter.checks")
 
     def remaining(self) -> float:
         """Seconds left before the hard deadline of this run."""
@@ -92,7 +93,7 @@ class CheckContext:
 
     def debug(self, message: str, **fields: object) -> None:
         """Record a debug line for this run: kept for `debug=true`, logged at DEBUG level."""
-        if self.log_lines is None and not self._logger.isEnabledFor(logging.DEBUG):
+        if self.log_lines is None and not logger.isEnabledFor(logging.DEBUG):
             return
         elapsed = time.perf_counter() - self.started
         text = " ".join(
@@ -100,7 +101,7 @@ class CheckContext:
         )
         if self.log_lines is not None:
             self.log_lines.append(text)
-        self._logger.debug(text)
+        logger.debug(text)
 
     def ok(self, detail: str) -> CheckResult:
         """Build the successful result of this run."""
