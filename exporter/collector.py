@@ -40,58 +40,60 @@ class Family:
     name: str
     type: str
     help: str
+    cached: bool = True  # served from the scheduler's cache (False: counts since start)
 
-    def header(self) -> bytes:
-        """The HELP and TYPE lines."""
-        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.type}\n".encode()
+    def header(self, *, from_cache: bool = True) -> bytes:
+        """The HELP and TYPE lines; `/metrics` says its values are cached, `/probe` does not."""
+        help_text = f"{self.help} {CACHED}" if self.cached and from_cache else self.help
+        return f"# HELP {self.name} {help_text}\n# TYPE {self.name} {self.type}\n".encode()
 
 
 CACHED = "Cached from the last background check (see certero_flow_last_check_timestamp_seconds)."
-UP = Family(
-    "certero_flow_up", "gauge", f"1 if the flow is open and answered by the right service. {CACHED}"
-)
+UP = Family("certero_flow_up", "gauge", "1 if the flow is open and answered by the right service.")
 RESULT = Family(
     "certero_flow_result",
     "gauge",
-    f"Outcome class of the last check: exactly one result is 1. {CACHED}",
+    "Outcome class of the last check: exactly one result is 1.",
 )
-DURATION = Family("certero_flow_duration_seconds", "gauge", f"Duration of the last check. {CACHED}")
+DURATION = Family("certero_flow_duration_seconds", "gauge", "Duration of the last check.")
 PHASE = Family(
     "certero_flow_phase_duration_seconds",
     "gauge",
-    f"Duration of each phase of the last check. {CACHED}",
+    "Duration of each phase of the last check.",
 )
 HISTOGRAM = Family(
     "certero_flow_check_duration_seconds",
     "histogram",
     "Durations of all checks of the flow since the exporter started.",
+    cached=False,
 )
 LAST_CHECK = Family(
     "certero_flow_last_check_timestamp_seconds",
     "gauge",
     "Unix time when the last check of the flow finished.",
+    cached=False,
 )
 CERT_EXPIRY = Family(
     "certero_flow_tls_cert_expiry_timestamp_seconds",
     "gauge",
-    "Unix time when the peer's TLS certificate expires, reported even when verification "
-    f"failed. {CACHED}",
+    "Unix time when the peer's TLS certificate expires, reported even when verification failed.",
 )
 PEER_INFO = Family(
     "certero_flow_peer_info",
     "gauge",
-    f"What the peer reported about itself (product, version). {CACHED}",
+    "What the peer reported about itself (product, version).",
 )
 TCP_RTT = Family(
     "certero_flow_tcp_rtt_seconds",
     "gauge",
     "Kernel round-trip time estimate of the check's TCP connection (Linux TCP_INFO), free of "
-    f"exporter queueing. {CACHED}",
+    "exporter queueing.",
 )
 CATALOGUE_INFO = Family(
     "certero_flow_catalogue_info",
     "gauge",
     "The port table row behind each flow, to join on in dashboards.",
+    cached=False,
 )
 PAIR_FAMILIES: tuple[Family, ...] = (
     UP,

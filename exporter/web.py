@@ -254,7 +254,7 @@ async def probe(request: web.Request) -> web.Response:
     chunks = render_pair(labels, result, time.time(), None)
     for family, chunk in zip(PAIR_FAMILIES, chunks, strict=True):
         if chunk:
-            lines.append(family.header().decode())
+            lines.append(family.header(from_cache=False).decode())
             lines.append(chunk.decode())
     body = "".join(lines)
     if debug:

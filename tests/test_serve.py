@@ -142,6 +142,10 @@ def test_metrics_show_results_of_every_flow(
 def test_metrics_pass_promtool(exporter: RunningExporter) -> None:
     """The whole scrape passes `promtool check metrics` (Prometheus's own linter)."""
     text, _ = poll_metrics(exporter, all_three_checked)
+    assert (
+        "# HELP certero_flow_up 1 if the flow is open and answered by the right service. Cached"
+        in text
+    )
     checked = subprocess.run(
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
@@ -168,6 +172,7 @@ def test_probe_answers_in_blackbox_shape(
     """/probe gives probe_success 1 for a good target and 0 for a closed port."""
     status, text = exporter.get(f"/probe?module=ssh_hmc&target=127.0.0.1:{sshd.port}")
     assert status == 200
+    assert "Cached" not in text  # a probe's values are fresh, unlike /metrics
     found = samples(text)
     assert value(found, "probe_success") == 1
     assert (value(found, "probe_duration_seconds") or 0) > 0
