@@ -9,6 +9,7 @@ The collector reads results only: it never awaits and never does I/O.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -113,8 +114,9 @@ def escape_label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def label_text(labels: Iterable[tuple[str, str]]) -> str:
-    """`{a="x",b="y"}` from name/value pairs."""
+@functools.lru_cache(maxsize=65536)
+def label_text(labels: tuple[tuple[str, str], ...]) -> str:
+    """`{a="x",b="y"}` from name/value pairs (cached: a pair's labels rarely change)."""
     return "{" + ",".join(f'{name}="{escape_label_value(value)}"' for name, value in labels) + "}"
 
 
@@ -149,7 +151,7 @@ class History:
 
 
 def render_pair(
-    labels: Sequence[tuple[str, str]],
+    labels: tuple[tuple[str, str], ...],
     result: CheckResult,
     finished_at: float,
     history: History | None,
@@ -178,7 +180,7 @@ def render_pair(
     peer = ""
     if result.peer is not None:
         peer_labels = label_text(
-            [*labels, ("product", result.peer.product), ("version", result.peer.version)]
+            (*labels, ("product", result.peer.product), ("version", result.peer.version))
         )
         peer = f"{PEER_INFO.name}{peer_labels} 1\n"
     rtt = (
@@ -208,7 +210,7 @@ def render_catalogue(flows: Iterable[Flow] = FLOWS) -> bytes:
     lines = [CATALOGUE_INFO.header().decode()]
     for flow in flows:
         labels = label_text(
-            [
+            (
                 ("flow", flow.id),
                 ("protocol", flow.transport.value),
                 ("port", flow.port_text),
@@ -216,7 +218,7 @@ def render_catalogue(flows: Iterable[Flow] = FLOWS) -> bytes:
                 ("to", flow.destination.value),
                 ("check", flow.check),
                 ("reason", flow.reason),
-            ]
+            )
         )
         lines.append(f"{CATALOGUE_INFO.name}{labels} 1\n")
     return "".join(lines).encode()

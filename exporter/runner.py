@@ -35,7 +35,7 @@ async def run_check(
 ) -> RunOutcome:
     """Run `spec` against `target`; never raises except on cancellation."""
     context = CheckContext(timeout_seconds, capture_log=capture_log)
-    context.debug("start", check=spec.name, target=str(target), timeout=timeout_seconds)
+    context.debug("start", check=spec.name, target=target, timeout=timeout_seconds)
     try:
         async with asyncio.timeout(timeout_seconds):
             result = await spec.run(target, settings, context)

@@ -148,7 +148,7 @@ class Scheduler:
             if current is None or current.check != job.check:
                 return  # removed or changed by a reload while it ran
             previous = self._store.record(current, result, time.time())
-            self._metrics.checks.labels(job.check, result.result.value).inc()
+            self._metrics.count_check(job.check, result.result.value)
             _log_transition(job, previous, result.result, result.detail)
         finally:
             self._running.discard(job.key)

@@ -20,6 +20,7 @@ class ExporterMetrics:
             ["check", "result"],
             registry=self.registry,
         )
+        self._check_children: dict[tuple[str, str], Counter] = {}
         self.scheduler_lag = Histogram(
             "certero_flow_exporter_scheduler_lag_seconds",
             "How late a check started after it was due (waiting for concurrency slots).",
@@ -58,6 +59,13 @@ class ExporterMetrics:
             registry=self.registry,
         )
         build.labels(__version__, platform.python_version()).set(1)
+
+    def count_check(self, check: str, result: str) -> None:
+        """Count one finished check (label children cached: this runs for every check)."""
+        child = self._check_children.get((check, result))
+        if child is None:
+            child = self._check_children[(check, result)] = self.checks.labels(check, result)
+        child.inc()
 
     def render(self) -> bytes:
         """The self-metrics in the text format."""

@@ -19,6 +19,7 @@ class Entry:
     """The cached state of one pair."""
 
     job: Job
+    labels: tuple[tuple[str, str], ...]
     result: CheckResult
     finished_at: float
     history: History
@@ -37,18 +38,19 @@ class ResultStore:
         entry = self._entries.get(job.key)
         history = entry.history if entry is not None else History.empty()
         history.observe(result.duration_seconds)
-        chunks = render_pair(self.labels(job), result, finished_at, history)
-        self._entries[job.key] = Entry(job, result, finished_at, history, chunks)
+        labels = entry.labels if entry is not None and entry.job is job else self.labels(job)
+        chunks = render_pair(labels, result, finished_at, history)
+        self._entries[job.key] = Entry(job, labels, result, finished_at, history, chunks)
         return entry.result.result if entry is not None else None
 
-    def labels(self, job: Job) -> list[tuple[str, str]]:
+    def labels(self, job: Job) -> tuple[tuple[str, str], ...]:
         """The identifying labels of a pair's series."""
-        return [
+        return (
             ("flow", job.flow_id),
             ("source", self.source),
             ("target", str(job.target)),
             ("check", job.check),
-        ]
+        )
 
     def retain(self, jobs: Iterable[Job], source: str) -> None:
         """After a reload: drop pairs no longer configured, re-label the rest."""
@@ -62,8 +64,9 @@ class ResultStore:
                 del self._entries[key]
             elif relabel or job is not entry.job:
                 entry.job = job
+                entry.labels = self.labels(job)
                 entry.chunks = render_pair(
-                    self.labels(job), entry.result, entry.finished_at, entry.history
+                    entry.labels, entry.result, entry.finished_at, entry.history
                 )
 
     def entries(self) -> Iterator[Entry]:

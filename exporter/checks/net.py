@@ -61,6 +61,7 @@ async def connect_tcp(context: CheckContext, target: Target) -> socket.socket:
     address = await resolve(context, target)
     sock = socket.socket(address.family, socket.SOCK_STREAM)
     sock.setblocking(False)
+    context.debug("connecting", address=address.ip, port=target.port)
     try:
         with context.phase(Phase.CONNECT):
             await asyncio.get_running_loop().sock_connect(sock, address.sockaddr)
