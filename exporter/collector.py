@@ -10,6 +10,7 @@ The collector reads results only: it never awaits and never does I/O.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -160,10 +161,8 @@ def render_pair(
     base = label_text(labels)
     inner = base[1:-1]
     up = f"{UP.name}{base} {1 if result.ok else 0}\n"
-    states = "".join(
-        f'{RESULT.name}{{{inner},result="{cls.value}"}} {1 if result.result is cls else 0}\n'
-        for cls in Result
-    )
+    state_prefix = f'{RESULT.name}{{{inner},result="'
+    states = "".join(state_prefix + suffix for suffix in _STATE_SUFFIXES[result.result])
     duration = f"{DURATION.name}{base} {number(result.duration_seconds)}\n"
     phases = "".join(
         f'{PHASE.name}{{{inner},phase="{phase.value}"}} {number(result.phases[phase])}\n'
@@ -193,13 +192,24 @@ def render_pair(
     )
 
 
+# Everything after the pair's own labels is fixed per result class / bucket: built once here,
+# since render_pair runs for every finished check.
+_STATE_SUFFIXES: dict[Result, tuple[str, ...]] = {
+    current: tuple(f'{cls.value}"}} {1 if cls is current else 0}\n' for cls in Result)
+    for current in Result
+}
+_BUCKET_SUFFIXES = tuple(f'le="{bound}"}} ' for bound in HISTOGRAM_BUCKETS)
+
+
 def _render_history(inner: str, history: History) -> str:
-    lines = []
-    cumulative = 0
-    for bound, count in zip(HISTOGRAM_BUCKETS, history.bucket_counts, strict=True):
-        cumulative += count
-        lines.append(f'{HISTOGRAM.name}_bucket{{{inner},le="{bound}"}} {cumulative}\n')
-    lines.append(f'{HISTOGRAM.name}_bucket{{{inner},le="+Inf"}} {history.count}\n')
+    prefix = f"{HISTOGRAM.name}_bucket{{{inner},"
+    lines = [
+        f"{prefix}{suffix}{cumulative}\n"
+        for suffix, cumulative in zip(
+            _BUCKET_SUFFIXES, itertools.accumulate(history.bucket_counts), strict=True
+        )
+    ]
+    lines.append(f'{prefix}le="+Inf"}} {history.count}\n')
     lines.append(f"{HISTOGRAM.name}_sum{{{inner}}} {number(history.total)}\n")
     lines.append(f"{HISTOGRAM.name}_count{{{inner}}} {history.count}\n")
     return "".join(lines)
