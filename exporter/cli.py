@@ -127,8 +127,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 async def _run_once(config: Config, jobs: list[Job], *, show_progress: bool) -> list[FlowReport]:
-    """Run every job once, bounded like the scheduler, with a live progress bar on stderr."""
+    """Run every job once, bounded like the scheduler (global and per-host), with progress."""
     slots = asyncio.Semaphore(config.file.scheduler.concurrency)
+    per_host = config.file.scheduler.per_host_concurrency
+    host_limits = {job.target.host: asyncio.Semaphore(per_host) for job in jobs}
     source = config.source.value
     progress = Progress(
         TextColumn("checking flows"),
@@ -147,7 +149,7 @@ async def _run_once(config: Config, jobs: list[Job], *, show_progress: bool) -> 
 
         async def run(index: int, job: Job) -> None:
             nonlocal failed
-            async with slots:
+            async with host_limits[job.target.host], slots:
                 outcome = await run_check(job.spec, job.target, job.settings, job.timeout)
             reports[index] = FlowReport(job, source, outcome.result)
             failed += not outcome.result.ok
