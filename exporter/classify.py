@@ -51,6 +51,16 @@ _NOT_TLS_REASONS = frozenset(
 )
 
 
+# The peer accepted, then went away (reset, EOF, broken pipe) before the exchange was done.
+_CLOSED_BY_PEER = (
+    asyncio.IncompleteReadError,
+    EOFError,
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+)
+
+
 def is_expected(exc: BaseException) -> bool:
     """True for failures of the network or the peer; False for a defect in a check."""
     return isinstance(exc, CheckFailure | OSError | EOFError | asyncio.IncompleteReadError)
@@ -71,9 +81,7 @@ def classify(exc: BaseException, phase: Phase | None) -> tuple[Result, str]:  # 
         return Result.TLS_ERROR, f"certificate rejected: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
         return _classify_ssl(exc)
-    if isinstance(exc, asyncio.IncompleteReadError | EOFError | ConnectionResetError):
-        return _closed_by_peer(phase)
-    if isinstance(exc, BrokenPipeError | ConnectionAbortedError):
+    if isinstance(exc, _CLOSED_BY_PEER):
         return _closed_by_peer(phase)
     if isinstance(exc, OSError):
         return _classify_os_error(exc, where)
@@ -107,6 +115,4 @@ def _classify_os_error(exc: OSError, where: str) -> tuple[Result, str]:
         return Result.UNREACHABLE, f"{reason} (no route, or rejected by a firewall){where}"
     if code == errno.ETIMEDOUT:
         return Result.TIMEOUT, f"timed out{where}"
-    if code in (errno.ECONNRESET, errno.EPIPE):
-        return Result.SERVICE_ERROR, f"connection reset by peer{where}"
     return Result.SERVICE_ERROR, f"network error{where}: {reason}"
