@@ -435,6 +435,11 @@ class _Resolver:
     def resolve(self) -> list[Job]:
         jobs: list[Job] = []
         self._check_network_sizes()
+        defaults = self.config.defaults
+        if defaults.timeout > defaults.interval:
+            self.problems.append(
+                self.lines.problem(("defaults", "timeout"), "timeout must not exceed the interval")
+            )
         for flow_id in self.config.flows:
             if flow_id not in FLOWS_BY_ID:
                 known = ", ".join(sorted(FLOWS_BY_ID))
@@ -578,10 +583,12 @@ class _Resolver:
         interval = override.interval or self.config.defaults.interval
         timeout = override.timeout or self.config.defaults.timeout
         if timeout > interval:
-            self.problems.append(
-                self.lines.problem((*path, "timeout"), "timeout must not exceed the interval")
-            )
-            return []
+            if override.timeout is not None or override.interval is not None:
+                key = "timeout" if override.timeout is not None else "interval"
+                self.problems.append(
+                    self.lines.problem((*path, key), "timeout must not exceed the interval")
+                )
+            return []  # otherwise the defaults are at fault, reported once by resolve()
         jobs: list[Job] = []
         for target in self._targets(endpoints, port, spec, path):
             jobs.append(Job(flow_id, check, spec, target, settings, interval, timeout, flow))

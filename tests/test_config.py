@@ -53,6 +53,12 @@ INVALID_CASES: dict[str, list[tuple[int, str, str]]] = {
     "invalid-timeout-over-interval.yaml": [
         (6, "flows.ssh_hmc.timeout", "timeout must not exceed the interval")
     ],
+    "invalid-default-timeout.yaml": [
+        (3, "defaults.timeout", "timeout must not exceed the interval")
+    ],
+    "invalid-flow-interval-under-timeout.yaml": [
+        (6, "flows.ssh_hmc.interval", "timeout must not exceed the interval")
+    ],
     "invalid-duplicate-key.yaml": [(4, "targets.ibm_hmc", "duplicate key")],
     "invalid-network-too-large.yaml": [
         (
