@@ -410,6 +410,8 @@ def _pydantic_problems(
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field"
+        elif error["type"] in ("model_type", "dict_type"):
+            message = "expected a mapping (key: value)"
         yield lines.problem(path, message)
 
 

@@ -59,6 +59,7 @@ INVALID_CASES: dict[str, list[tuple[int, str, str]]] = {
     "invalid-flow-interval-under-timeout.yaml": [
         (6, "flows.ssh_hmc.interval", "timeout must not exceed the interval")
     ],
+    "invalid-flow-not-a-mapping.yaml": [(1, "flows.ssh_hmc", "expected a mapping (key: value)")],
     "invalid-duplicate-key.yaml": [(4, "targets.ibm_hmc", "duplicate key")],
     "invalid-network-too-large.yaml": [
         (
