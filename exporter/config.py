@@ -420,10 +420,6 @@ def _is_internal(part: str | int) -> bool:
     return isinstance(part, str) and ("[" in part or part.startswith("function-"))
 
 
-_COMMON_KEYS = frozenset(FlowOverride.model_fields)
-_EXTRA_KEYS = frozenset(ExtraFlow.model_fields)
-
-
 class _Resolver:
     """Cross-field checks and expansion of flows x targets into jobs."""
 
@@ -551,7 +547,7 @@ class _Resolver:
                 self.lines.problem((*path, "targets"), "needs at least one target")
             )
             return []
-        extras = {k: v for k, v in (extra.model_extra or {}).items() if k not in _EXTRA_KEYS}
+        extras = dict(extra.model_extra or {})  # declared fields never land in model_extra
         return self._jobs(
             extra.id,
             extra.check,

@@ -8,6 +8,7 @@ check through the registry and renders its result with the same collector as `/m
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import html
 import itertools
 import logging
@@ -181,16 +182,7 @@ def probe_job(config: Config, module: str, target_text: str) -> Job:
         port = None
     elif port is None:
         raise ValueError(f"module {module} needs a port in the target (host:port)")
-    return Job(
-        template.flow_id,
-        template.check,
-        template.spec,
-        Target(endpoint.host, port),
-        template.settings,
-        template.interval,
-        template.timeout,
-        template.catalogue_flow,
-    )
+    return dataclasses.replace(template, target=Target(endpoint.host, port))
 
 
 def _unconfigured_template(config: Config, module: str) -> Job:

@@ -66,6 +66,21 @@ def make_config(targets: list[str], fake: FakeCheck, **scheduler: object) -> Con
     return dataclasses.replace(config, jobs=jobs)
 
 
+def with_jobs_changed(
+    config: Config, *, interval: float | None = None, timeout: float | None = None
+) -> Config:
+    """The same config with the interval or timeout of every job changed."""
+    jobs = tuple(
+        dataclasses.replace(
+            job,
+            interval=job.interval if interval is None else interval,
+            timeout=job.timeout if timeout is None else timeout,
+        )
+        for job in config.jobs
+    )
+    return dataclasses.replace(config, jobs=jobs)
+
+
 async def wait_until(condition: Callable[[], bool]) -> None:
     """Yield to the loop until the condition holds; fail after a generous deadline."""
     async with asyncio.timeout(DEADLINE):
@@ -126,10 +141,7 @@ async def test_pairs_rerun_on_their_interval() -> None:
     """A pair runs again after its interval, and its histogram counts every run."""
     fake = FakeCheck()
     fake.release.set()
-    config = make_config(["10.0.0.1:1"], fake)
-    config = dataclasses.replace(
-        config, jobs=tuple(dataclasses.replace(job, interval=0.02) for job in config.jobs)
-    )
+    config = with_jobs_changed(make_config(["10.0.0.1:1"], fake), interval=0.02)
     _, store, task = await start(config)
     await wait_until(lambda: fake.runs["10.0.0.1:1"] >= 3)
     await stop(task)
@@ -164,10 +176,7 @@ async def test_a_crashing_check_becomes_a_classified_result() -> None:
 async def test_hard_timeout_ends_a_hanging_check() -> None:
     """A check that never returns is cut at its timeout and recorded as timeout."""
     fake = FakeCheck()  # never released
-    config = make_config(["10.0.0.1:1"], fake)
-    config = dataclasses.replace(
-        config, jobs=tuple(dataclasses.replace(job, timeout=0.05) for job in config.jobs)
-    )
+    config = with_jobs_changed(make_config(["10.0.0.1:1"], fake), timeout=0.05)
     _, store, task = await start(config)
     await wait_until(lambda: len(store) == 1)
     await stop(task)
