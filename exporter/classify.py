@@ -13,7 +13,7 @@ import errno
 import socket
 import ssl
 
-from exporter.errors import CheckFailure
+from exporter.errors import CheckFailure, ExporterFault
 from exporter.result import Phase, Result
 
 # Errors that say the path to the host is closed rather than the service: a router or a
@@ -29,6 +29,13 @@ _UNREACHABLE_ERRNOS = frozenset(
         errno.EADDRNOTAVAIL,
     }
 )
+# The exporter's own process or host ran out of something: the target was never reached.
+_EXHAUSTED_ERRNOS = {
+    errno.EMFILE: "the exporter has no free file descriptors (EMFILE)",
+    errno.ENFILE: "the host has no free file descriptors (ENFILE)",
+    errno.ENOBUFS: "the host has no free socket buffers (ENOBUFS)",
+    errno.ENOMEM: "the host is out of memory (ENOMEM)",
+}
 # Windows socket errors reach Python with `winerror` set and a generic errno.
 _WINDOWS_ERRORS = {
     10061: Result.REFUSED,  # WSAECONNREFUSED
@@ -63,7 +70,9 @@ _CLOSED_BY_PEER = (
 
 def is_expected(exc: BaseException) -> bool:
     """True for failures of the network or the peer; False for a defect in a check."""
-    return isinstance(exc, CheckFailure | OSError | EOFError | asyncio.IncompleteReadError)
+    return isinstance(
+        exc, CheckFailure | ExporterFault | OSError | EOFError | asyncio.IncompleteReadError
+    )
 
 
 def classify(exc: BaseException, phase: Phase | None) -> tuple[Result, str]:  # noqa: PLR0911 - a flat dispatch, most specific first
@@ -71,6 +80,8 @@ def classify(exc: BaseException, phase: Phase | None) -> tuple[Result, str]:  # 
     where = f" during {phase.value}" if phase is not None else ""
     if isinstance(exc, CheckFailure):
         return exc.result, exc.detail
+    if isinstance(exc, ExporterFault):
+        return Result.EXPORTER_ERROR, f"not checked: {exc}"
     if isinstance(exc, socket.gaierror):
         return Result.DNS_ERROR, f"name resolution failed: {exc.strerror or exc}"
     if isinstance(exc, TimeoutError):
@@ -109,6 +120,8 @@ def _classify_os_error(exc: OSError, where: str) -> tuple[Result, str]:
         return _WINDOWS_ERRORS[winerror], f"{exc.strerror or exc}{where}"
     code = exc.errno
     reason = exc.strerror or str(exc)
+    if code in _EXHAUSTED_ERRNOS:
+        return Result.EXPORTER_ERROR, f"not checked{where}: {_EXHAUSTED_ERRNOS[code]}"
     if code == errno.ECONNREFUSED:
         return Result.REFUSED, "connection refused (port closed or reset by a firewall)"
     if code in _UNREACHABLE_ERRNOS:

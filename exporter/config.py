@@ -277,10 +277,25 @@ def load_config(path: str | Path | None) -> Config:
     if path is None:
         return parse_config(default_config_text(), EMBEDDED_DEFAULT)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError([ConfigProblem(str(path), None, "", exc.strerror or str(exc))]) from exc
-    return parse_config(text, str(path))
+    return parse_config(_decode_utf8(data, str(path)), str(path))
+
+
+def _decode_utf8(data: bytes, origin: str) -> str:
+    """Decode the file; a bad byte is located, and the error never carries the file's content.
+
+    A `UnicodeDecodeError` holds the whole input, so it must not travel in `__context__` either:
+    a logged traceback would print every inline secret of the file.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = exc.start
+    line = data.count(b"\n", 0, offset) + 1
+    message = f"not UTF-8: byte 0x{data[offset]:02x} at offset {offset}"
+    raise ConfigError([ConfigProblem(origin, line, "", message)])
 
 
 def parse_config(text: str, origin: str) -> Config:

@@ -1,9 +1,10 @@
 """The exporter's own error hierarchy.
 
     ExporterError
-    ├── ConfigError        a config file is invalid: carries file, line and field path
-    ├── CredentialError    a referenced secret (file / env var) cannot be read
-    └── CheckFailure       a check classified its own failure (wrong greeting, bad status, ...)
+    ├── ConfigError          a config file is invalid: carries file, line and field path
+    ├── ExporterFault        the exporter itself could not run a check; the target is not to blame
+    │   └── CredentialError  a referenced secret (file / env var) cannot be read
+    └── CheckFailure         a check classified its own failure (wrong greeting, bad status, ...)
 
 Errors are named after what the caller can do: fix the file, provide the secret, or report
 the flow as failing with the given class.
@@ -44,7 +45,15 @@ class ConfigError(ExporterError):
         super().__init__("\n".join(str(problem) for problem in problems))
 
 
-class CredentialError(ExporterError):
+class ExporterFault(ExporterError):
+    """The exporter could not run a check (its own resources or settings): says nothing of the flow.
+
+    Such a run is classified `exporter_error`, so that an exporter out of file descriptors or
+    missing a secret never reports a healthy target as broken.
+    """
+
+
+class CredentialError(ExporterFault):
     """A credential reference points at nothing readable; the message names the reference only."""
 
 

@@ -24,6 +24,7 @@ class Result(enum.StrEnum):
     PROTOCOL_MISMATCH = "protocol_mismatch"
     AUTH_FAILED = "auth_failed"
     SERVICE_ERROR = "service_error"
+    EXPORTER_ERROR = "exporter_error"  # the exporter could not run the check; the flow is unknown
 
 
 class Phase(enum.StrEnum):

@@ -118,6 +118,16 @@ def test_missing_file_is_a_config_error() -> None:
         load_config("/nonexistent/no-such-file.yaml")
 
 
+def test_non_utf8_file_names_the_byte_and_never_quotes_the_file(tmp_path: Path) -> None:
+    """A stray Latin-1 byte is located by offset and line; the file's text is not repeated."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"source: endpoint_server\n# token S3CR3T caf\xe9\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    assert str(excinfo.value) == f"{path}:2: not UTF-8: byte 0xe9 at offset 42"
+    assert "S3CR3T" not in repr(excinfo.value.__cause__) + repr(excinfo.value.__context__)
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("5s", 5.0), ("250ms", 0.25), ("1m30s", 90.0), ("2h", 7200.0), (3, 3.0), (0.5, 0.5)],

@@ -12,7 +12,7 @@ import pytest
 
 from exporter.checks import CheckContext, CheckSettings, CheckSpec, Target
 from exporter.classify import classify, is_expected
-from exporter.errors import CheckFailure
+from exporter.errors import CheckFailure, CredentialError
 from exporter.result import CheckResult, Phase, Result
 from exporter.runner import run_check
 
@@ -177,3 +177,29 @@ async def test_runner_turns_a_defect_into_service_error(caplog: pytest.LogCaptur
     assert outcome.result.detail == "check failed unexpectedly during handshake: KeyError"
     assert Phase.HANDSHAKE in outcome.result.phases
     assert "check raised an unexpected error check=broken" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        (errno.EMFILE, "no free file descriptors (EMFILE)"),
+        (errno.ENFILE, "no free file descriptors (ENFILE)"),
+        (errno.ENOBUFS, "no free socket buffers"),
+    ],
+)
+def test_exhausted_exporter_resources_are_not_the_targets_fault(code: int, words: str) -> None:
+    """Running out of descriptors or buffers is exporter_error, never a fault of the target."""
+    result, detail = classify(OSError(code, os.strerror(code)), Phase.CONNECT)
+    assert result is Result.EXPORTER_ERROR
+    assert detail.startswith("not checked during connect: the ")
+    assert words in detail
+
+
+def test_credential_error_is_exporter_error_naming_the_reference() -> None:
+    """An unreadable secret is exporter_error; the detail names the reference it could not read."""
+    error = CredentialError("environment variable LDAP_PASSWORD is not set")
+    assert classify(error, None) == (
+        Result.EXPORTER_ERROR,
+        "not checked: environment variable LDAP_PASSWORD is not set",
+    )
+    assert is_expected(error)
