@@ -31,6 +31,7 @@ from pydantic import (
 from exporter.catalogue import FLOWS, FLOWS_BY_ID, Flow, Role, Transport, VantagePoint
 from exporter.checks import CHECKS, AnyCheckSpec, CheckSettings, Target
 from exporter.errors import ConfigError, ConfigProblem, CredentialError
+from exporter.probe_policy import AllowPattern, parse_allow_pattern
 
 EMBEDDED_DEFAULT = "<embedded default>"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -172,6 +173,37 @@ class SchedulerSettings(StrictModel):
     max_hosts_per_network: int = Field(default=4096, ge=1, le=1 << 20)
 
 
+def _allow_pattern(value: object) -> AllowPattern:
+    if isinstance(value, AllowPattern):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a pattern must be a string such as 10.0.0.0/8 or *.corp.example:443")
+    return parse_allow_pattern(value)
+
+
+AllowPatternField = Annotated[AllowPattern, BeforeValidator(_allow_pattern)]
+
+
+class ProbeModuleSettings(StrictModel):
+    """What one module (a flow id or a check id) may probe beyond the defaults."""
+
+    allow: list[AllowPatternField] = Field(default_factory=list)
+
+
+class ProbeSettings(StrictModel):
+    """Bounds on `/probe`: what it may reach (see `exporter.probe_policy`) and how many at once.
+
+    The default concurrency of 32 covers a Prometheus polling dozens of targets through
+    `/probe` (each probe lasts at most its timeout) while two descriptors per probe (the
+    request and the check's connection) stay far below a 1,024-descriptor limit next to the
+    scheduler's own 256 checks.
+    """
+
+    allow: list[AllowPatternField] = Field(default_factory=list)
+    concurrency: int = Field(default=32, ge=1, le=10000)
+    modules: dict[str, ProbeModuleSettings] = Field(default_factory=dict)
+
+
 class FlowOverride(BaseModel):
     """Per-flow changes; keys other than these are the check's own settings."""
 
@@ -211,6 +243,7 @@ class ConfigFile(StrictModel):
     targets: dict[Role, list[EndpointField]] = Field(default_factory=dict)
     flows: dict[str, FlowOverride] = Field(default_factory=dict)
     extra_flows: list[ExtraFlow] = Field(default_factory=list)
+    probe: ProbeSettings = ProbeSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +272,46 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowTemplate:
+    """A runnable flow's resolved settings, with or without targets: what `/probe` runs."""
+
+    flow_id: str
+    check: str
+    spec: AnyCheckSpec
+    settings: CheckSettings
+    port: int | None
+    interval: float
+    timeout: float
+    catalogue_flow: Flow | None
+    endpoints: tuple[Endpoint, ...] = ()
+
+    def port_for(self, written: int | None) -> int | None:
+        """The port checked for a target written with `written`: its own, else the flow's;
+        None when the check takes no port. The scheduler and `/probe` both ask here."""
+        return (written or self.port) if self.spec.uses_port else None
+
+    def target(self, host: str, written_port: int | None) -> Target:
+        """The target checked for `host` written with `written_port`."""
+        port = self.port_for(written_port)
+        if self.spec.uses_port and port is None:
+            raise ValueError(f"check {self.spec.name} needs a port")
+        return Target(host, port)
+
+    def job(self, target: Target) -> Job:
+        """This flow's job for `target`."""
+        return Job(
+            self.flow_id,
+            self.check,
+            self.spec,
+            target,
+            self.settings,
+            self.interval,
+            self.timeout,
+            self.catalogue_flow,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A validated config resolved into jobs; immutable, swapped whole on reload."""
 
@@ -247,15 +320,27 @@ class Config:
     jobs: tuple[Job, ...]
     warnings: tuple[str, ...] = ()
     skipped_flows: Mapping[str, str] = field(default_factory=dict)
+    templates: Mapping[str, FlowTemplate] = field(default_factory=dict)
 
     @property
     def source(self) -> VantagePoint:
         """The vantage point this exporter stands on (the `source` label)."""
         return self.file.source
 
-    def job_for(self, flow_id: str) -> Job | None:
-        """Any job of a flow, used as a template by `/probe`."""
-        return next((job for job in self.jobs if job.flow_id == flow_id), None)
+    def check_template(self, check: str) -> FlowTemplate:
+        """A bare check with default settings, for `/probe?module=<check id>`."""
+        spec = CHECKS[check]
+        defaults = self.file.defaults
+        return FlowTemplate(
+            flow_id=check,
+            check=check,
+            spec=spec,
+            settings=spec.settings_model(),
+            port=None,
+            interval=defaults.interval,
+            timeout=defaults.timeout,
+            catalogue_flow=None,
+        )
 
 
 def effective_check(flow: Flow) -> str | None:
@@ -320,7 +405,14 @@ def parse_config(text: str, origin: str) -> Config:
     problems.extend(resolver.problems)
     if problems:
         raise ConfigError(problems)
-    return Config(config_file, origin, tuple(jobs), tuple(resolver.warnings), resolver.skipped)
+    return Config(
+        config_file,
+        origin,
+        tuple(jobs),
+        tuple(resolver.warnings),
+        resolver.skipped,
+        resolver.templates,
+    )
 
 
 # libyaml's parser where PyYAML has it (its wheels do): 10,000 targets load in a fraction of the
@@ -444,6 +536,7 @@ class _Resolver:
         self.problems: list[ConfigProblem] = []
         self.warnings: list[str] = []
         self.skipped: dict[str, str] = {}
+        self.templates: dict[str, FlowTemplate] = {}
 
     def resolve(self) -> list[Job]:
         jobs: list[Job] = []
@@ -470,7 +563,20 @@ class _Resolver:
                 )
             seen_ids.add(extra.id)
             jobs.extend(self._extra_jobs(extra, path))
+        self._check_probe_modules(seen_ids)
         return jobs
+
+    def _check_probe_modules(self, extra_ids: set[str]) -> None:
+        """A `probe.modules` key must name a module `/probe` knows: a typo allows nothing."""
+        for module in self.config.probe.modules:
+            if module not in FLOWS_BY_ID and module not in extra_ids and module not in CHECKS:
+                self.problems.append(
+                    self.lines.problem(
+                        ("probe", "modules", module),
+                        f"unknown module {module!r}: give a flow id (catalogue or extra_flows) "
+                        f"or a check id ({', '.join(sorted(CHECKS))})",
+                    )
+                )
 
     def _check_network_sizes(self) -> None:
         """Report each oversized network once, where it is written."""
@@ -521,9 +627,8 @@ class _Resolver:
             endpoints = self.config.targets.get(flow.destination, [])
         if not endpoints:
             self.skipped[flow.id] = f"no targets for role {flow.destination.value}"
-            return []
         extras = override.model_extra or {}
-        if check != flow.check:
+        if check != flow.check and endpoints:  # a flow without targets is only probed on demand
             self.warnings.append(
                 f"flow {flow.id}: check {flow.check} is not available in this version; "
                 f"running {check} instead"
@@ -533,6 +638,7 @@ class _Resolver:
                     f"flow {flow.id}: settings {', '.join(sorted(extras))} apply to check "
                     f"{flow.check} and are ignored until it is available"
                 )
+        if check != flow.check:
             extras = {}
         return self._jobs(
             flow.id,
@@ -602,30 +708,24 @@ class _Resolver:
                     self.lines.problem((*path, key), "timeout must not exceed the interval")
                 )
             return []  # otherwise the defaults are at fault, reported once by resolve()
-        jobs: list[Job] = []
-        for target in self._targets(endpoints, port, spec, path):
-            jobs.append(Job(flow_id, check, spec, target, settings, interval, timeout, flow))
-        return jobs
+        template = FlowTemplate(
+            flow_id, check, spec, settings, port, interval, timeout, flow, tuple(endpoints)
+        )
+        self.templates[flow_id] = template
+        return [template.job(target) for target in self._targets(template, path)]
 
-    def _targets(
-        self,
-        endpoints: list[Endpoint],
-        port: int | None,
-        spec: AnyCheckSpec,
-        path: tuple[str | int, ...],
-    ) -> Iterator[Target]:
+    def _targets(self, template: FlowTemplate, path: tuple[str | int, ...]) -> Iterator[Target]:
         limit = self.config.scheduler.max_hosts_per_network
-        for endpoint in endpoints:
-            target_port = (endpoint.port or port) if spec.uses_port else None
-            if spec.uses_port and target_port is None:
-                self.problems.append(
-                    self.lines.problem((*path, "port"), f"check {spec.name} needs a port")
-                )
+        for endpoint in template.endpoints:
+            try:
+                target = template.target(endpoint.host, endpoint.port)
+            except ValueError as exc:
+                self.problems.append(self.lines.problem((*path, "port"), str(exc)))
                 return
             if endpoint.network is None:
-                yield Target(endpoint.host, target_port)
+                yield target
                 continue
             if endpoint.network.num_addresses > limit:
                 continue  # reported once by _check_network_sizes
             for address in endpoint.network.hosts():
-                yield Target(str(address), target_port)
+                yield Target(str(address), target.port)

@@ -42,6 +42,15 @@ class ExporterMetrics:
             "Runs skipped because the previous run of the same pair had not finished.",
             registry=self.registry,
         )
+        self.probe_rejected = Counter(
+            "certero_flow_exporter_probe_rejected",
+            "/probe requests refused: by the allow-list (policy, 403) or because "
+            "probe.concurrency probes were running (concurrency, 503).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("policy", "concurrency"):
+            self.probe_rejected.labels(reason)
         self.reload_success = Gauge(
             "certero_flow_exporter_config_last_reload_successful",
             "1 if the last config load or reload succeeded.",

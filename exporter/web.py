@@ -8,7 +8,6 @@ check through the registry and renders its result with the same collector as `/m
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import html
 import itertools
 import logging
@@ -22,7 +21,7 @@ from aiohttp import web
 
 from exporter import __version__
 from exporter.catalogue import FLOWS_BY_ID
-from exporter.checks import CHECKS, Target
+from exporter.checks import CHECKS
 from exporter.collector import (
     CONTENT_TYPE,
     PAIR_FAMILIES,
@@ -30,9 +29,11 @@ from exporter.collector import (
     render_catalogue,
     render_pair,
 )
-from exporter.config import Config, Job, effective_check, load_config, parse_endpoint
+from exporter.config import Config, FlowTemplate, Job, load_config, parse_endpoint
 from exporter.errors import ConfigError
-from exporter.runner import run_check
+from exporter.probe_policy import refusal
+from exporter.result import Result
+from exporter.runner import RunOutcome, run_check
 from exporter.scheduler import Scheduler
 from exporter.selfmetrics import ExporterMetrics
 from exporter.store import ResultStore
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 10163
 GZIP_LEVEL = 1  # scrapes are large and repetitive: the fastest level already shrinks them ~10x
 PROBE_TIMEOUT_OFFSET = 0.5  # seconds kept back from Prometheus's scrape timeout, as blackbox does
+# Descriptors beyond the check slots: listening sockets, scrape and probe request connections,
+# the event loop, log files and resolver threads.
+FD_MARGIN = 128
 
 
 @dataclass
@@ -55,6 +59,7 @@ class ExporterState:
     scheduler: Scheduler | None = None
     catalogue: bytes = field(default_factory=render_catalogue)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    probes_running: int = 0
 
     async def reload(self) -> ConfigError | None:
         """Load the config file again; a bad file is rejected and the running config kept.
@@ -169,47 +174,75 @@ async def reload(request: web.Request) -> web.Response:
     return web.Response(text="Reloaded\n")
 
 
+class ProbeRefused(Exception):
+    """The allow-list refuses this (module, target): answered 403 with the rule's words."""
+
+
 def probe_job(config: Config, module: str, target_text: str) -> Job:
-    """Build the job `/probe` runs: `module` is a flow id (catalogue or custom) or a check id."""
+    """Build the job `/probe` runs: `module` is a flow id (catalogue or custom) or a check id.
+
+    A flow runs exactly as the scheduler runs it (its port, path, TLS and other settings);
+    raises `ProbeRefused` before anything is sent when the allow-list does not cover the target.
+    """
     endpoint = parse_endpoint(target_text)
     if endpoint.network is not None:
         raise ValueError("target must be a single host, not a network")
-    template = config.job_for(module)
-    if template is None:
-        template = _unconfigured_template(config, module)
-    port = endpoint.port if endpoint.port is not None else template.target.port
-    if not template.spec.uses_port:
-        port = None
-    elif port is None:
-        raise ValueError(f"module {module} needs a port in the target (host:port)")
-    return dataclasses.replace(template, target=Target(endpoint.host, port))
+    template = _template(config, module)
+    try:
+        target = template.target(endpoint.host, endpoint.port)
+    except ValueError as exc:
+        raise ValueError(f"module {module} needs a port in the target (host:port)") from exc
+    is_flow = module in config.templates
+    reason = refusal(config.file.probe, module, template if is_flow else None, target)
+    if reason is not None:
+        raise ProbeRefused(reason)
+    return template.job(target)
 
 
-def _unconfigured_template(config: Config, module: str) -> Job:
-    timeout = config.file.defaults.timeout
-    interval = config.file.defaults.interval
+def _template(config: Config, module: str) -> FlowTemplate:
+    template = config.templates.get(module)
+    if template is not None:
+        return template
     flow = FLOWS_BY_ID.get(module)
     if flow is not None:
-        check = effective_check(flow)
-        if check is None:
-            raise ValueError(f"flow {module} needs check {flow.check}, not available yet")
-        spec = CHECKS[check]
-        return Job(
-            module,
-            check,
-            spec,
-            Target("", flow.port),
-            spec.settings_model(),
-            interval,
-            timeout,
-            flow,
+        if flow.source is not config.source:
+            raise ValueError(
+                f"flow {module} is measured from {flow.source.value}; "
+                f"this exporter stands on {config.source.value}"
+            )
+        reason = config.skipped_flows.get(module, "not runnable here")
+        raise ValueError(f"flow {module} cannot be probed: {reason}")
+    if module in CHECKS:
+        return config.check_template(module)
+    raise ValueError(f"unknown module {module!r}: give a flow id or one of {', '.join(CHECKS)}")
+
+
+async def _run_limited(
+    state: ExporterState, job: Job, deadline_seconds: float, *, debug: bool
+) -> RunOutcome:
+    """Run a probe within `probe.concurrency`, apart from the scheduler's slots.
+
+    A full limit answers 503 at once rather than queueing: Prometheus retries at the next
+    scrape, while queued probes would only outlive its scrape timeout. A run the exporter
+    itself could not make (`exporter_error`) is a 503 too: the scrape fails, the target is
+    not blamed.
+    """
+    limit = state.config.file.probe.concurrency
+    if state.probes_running >= limit:
+        state.metrics.probe_rejected.labels("concurrency").inc()
+        raise web.HTTPServiceUnavailable(
+            text=f"probe refused: {limit} probes already running (probe.concurrency)\n"
         )
-    spec_or_none = CHECKS.get(module)
-    if spec_or_none is None:
-        raise ValueError(f"unknown module {module!r}: give a flow id or one of {', '.join(CHECKS)}")
-    return Job(
-        module, module, spec_or_none, Target(""), spec_or_none.settings_model(), interval, timeout
-    )
+    state.probes_running += 1
+    try:
+        outcome = await run_check(
+            job.spec, job.target, job.settings, deadline_seconds, capture_log=debug
+        )
+    finally:
+        state.probes_running -= 1
+    if outcome.result.result is Result.EXPORTER_ERROR:
+        raise web.HTTPServiceUnavailable(text=f"probe not run: {outcome.result.detail}\n")
+    return outcome
 
 
 async def probe(request: web.Request) -> web.Response:
@@ -221,6 +254,9 @@ async def probe(request: web.Request) -> web.Response:
         return web.Response(status=400, text="target and module parameters are required\n")
     try:
         job = probe_job(state.config, module, target)
+    except ProbeRefused as exc:
+        state.metrics.probe_rejected.labels("policy").inc()
+        return web.Response(status=403, text=f"probe refused: {exc}\n")
     except ValueError as exc:
         return web.Response(status=400, text=f"{exc}\n")
     timeout = job.timeout
@@ -231,7 +267,7 @@ async def probe(request: web.Request) -> web.Response:
         except ValueError:
             return web.Response(status=400, text="invalid X-Prometheus-Scrape-Timeout-Seconds\n")
     debug = request.query.get("debug", "").lower() in ("true", "1")
-    outcome = await run_check(job.spec, job.target, job.settings, timeout, capture_log=debug)
+    outcome = await _run_limited(state, job, timeout, debug=debug)
     result = outcome.result
     lines = [
         "# HELP probe_success Displays whether or not the probe was a success\n",
@@ -334,6 +370,7 @@ def serve(config: Config, config_path: str | None, host: str, port: int) -> None
         config=config, config_path=config_path, store=ResultStore(config.source.value)
     )
     app = make_app(state)
+    check_fd_limit(config)
     logger.info(
         "starting version=%s listen=%s:%d pairs=%d origin=%s",
         __version__,
@@ -343,6 +380,36 @@ def serve(config: Config, config_path: str | None, host: str, port: int) -> None
         config.origin,
     )
     web.run_app(app, host=host, port=port, print=None, handle_signals=True, loop=_new_loop())
+
+
+def check_fd_limit(config: Config) -> None:
+    """Raise the soft descriptor limit to the hard one (as Go programs do at start) and warn
+    when the configured concurrency could still run out of descriptors.
+
+    Every running check holds at least one socket; a common soft limit of 1,024 would turn a
+    burst of checks into "too many open files" although the hard limit allows far more.
+    """
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError) as exc:  # e.g. an unlimited hard limit above fs.nr_open
+            logger.warning("cannot raise the open file limit soft=%d hard=%d: %s", soft, hard, exc)
+    needed = config.file.scheduler.concurrency + config.file.probe.concurrency + FD_MARGIN
+    if soft != resource.RLIM_INFINITY and needed > soft:
+        logger.warning(
+            "open file limit %d is below scheduler.concurrency + probe.concurrency + %d = %d: "
+            "under load checks may end exporter_error (no free file descriptors); raise the "
+            "limit (ulimit -n, LimitNOFILE=) or lower the concurrency settings",
+            soft,
+            FD_MARGIN,
+            needed,
+        )
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

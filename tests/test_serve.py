@@ -39,6 +39,8 @@ flows:
     body_regex: flow-ok
 extra_flows:
   - {{id: proxy_reachable, check: tcp, target: "127.0.0.1:{closed_port}"}}
+probe:
+  allow: ["127.0.0.1"]  # bare check modules probe this host's loopback
 """,
         encoding="utf-8",
     )
@@ -131,7 +133,7 @@ def test_metrics_show_results_of_every_flow(
         for (n, ls), v in found.items()
         if n == "certero_flow_result" and ("flow", "proxy_reachable") in ls
     ]
-    assert sorted(results) == [0.0] * 8 + [1.0]
+    assert sorted(results) == [0.0] * 9 + [1.0]
 
     assert value(found, "certero_flow_catalogue_info", flow="mssql_bigfix", to="bigfix_sql") == 1
     assert value(found, "certero_flow_exporter_scheduled_pairs") == 3
