@@ -83,7 +83,7 @@ def parse_allow_pattern(text: str) -> AllowPattern:
         raise ValueError(f"{text!r} is not a valid address or CIDR network")
     if not _NAME.fullmatch(host):
         raise ValueError(f"{text!r} is not a valid host name pattern")
-    if re.fullmatch(r"[0-9.*]+", host):
+    if re.fullmatch(r"[0-9.*]*[0-9][0-9.*]*", host):
         raise ValueError(
             f"{text!r}: name patterns never match addresses; "
             "give a CIDR network such as 10.0.0.0/24 instead"

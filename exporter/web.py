@@ -354,7 +354,7 @@ tr.ok td {{ background: #e8f5e9; }} tr.bad td {{ background: #ffebee; }}
 <h1>Certero flow exporter {version}</h1>
 <p>Vantage point <b>{source}</b>, config {origin}: {pairs} (flow, target) pairs,
 {pending} not checked yet. <a href="/metrics">Metrics</a> ·
-<a href="/probe?module=tcp&amp;target=127.0.0.1:22&amp;debug=true">Probe example</a></p>
+<a href="/probe?module=ssh_hmc&amp;target=127.0.0.1:22&amp;debug=true">Probe example</a></p>
 <table><tr><th>Flow</th><th>Source → destination</th><th>Target</th><th>Check</th>
 <th>Result</th><th>Latency</th><th>Checked</th><th>Last error</th></tr>
 {rows}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import time
@@ -54,16 +55,28 @@ def http_request(
 
 @contextmanager
 def run_exporter(
-    config_path: Path | None, log_dir: Path, extra_args: Sequence[str] = ()
+    config_path: Path | None,
+    log_dir: Path,
+    extra_args: Sequence[str] = (),
+    *,
+    nofile: tuple[int, int] | None = None,
 ) -> Iterator[RunningExporter]:
-    """Start `python -m exporter serve` on a free loopback port and wait until it is ready."""
+    """Start `python -m exporter serve` on a free loopback port and wait until it is ready.
+
+    `nofile` sets the process's open file limit (soft, hard).
+    """
     port = free_tcp_port()
     argv = [sys.executable, "-m", "exporter", "serve", "--listen", f"127.0.0.1:{port}"]
     if config_path is not None:
         argv += ["--config", str(config_path)]
     log_path = log_dir / f"exporter-{port}.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen([*argv, *extra_args], stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [*argv, *extra_args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=None if nofile is None else lambda: _limit_files(nofile),  # noqa: PLW1509 - the child runs nothing but setrlimit before exec
+        )
     running = RunningExporter(process, f"http://127.0.0.1:{port}", config_path, log_path)
     try:
         deadline = time.monotonic() + START_DEADLINE_S
@@ -83,3 +96,8 @@ def run_exporter(
         yield running
     finally:
         stop_process(process)
+
+
+def _limit_files(limits: tuple[int, int]) -> None:
+    """Runs in the child before exec."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, limits)
