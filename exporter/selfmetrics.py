@@ -44,12 +44,13 @@ class ExporterMetrics:
         )
         self.probe_rejected = Counter(
             "certero_flow_exporter_probe_rejected",
-            "/probe requests refused: by the allow-list (policy, 403) or because "
-            "probe.concurrency probes were running (concurrency, 503).",
+            "/probe requests answered without a result: refused by the allow-list (policy, "
+            "403), probe.concurrency full (concurrency, 503), or the exporter could not run "
+            "the check, e.g. no free file descriptors (exporter_error, 503).",
             ["reason"],
             registry=self.registry,
         )
-        for reason in ("policy", "concurrency"):
+        for reason in ("policy", "concurrency", "exporter_error"):
             self.probe_rejected.labels(reason)
         self.reload_success = Gauge(
             "certero_flow_exporter_config_last_reload_successful",

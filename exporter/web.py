@@ -241,7 +241,8 @@ async def _run_limited(
     finally:
         state.probes_running -= 1
     if outcome.result.result is Result.EXPORTER_ERROR:
-        raise web.HTTPServiceUnavailable(text=f"probe not run: {outcome.result.detail}\n")
+        state.metrics.probe_rejected.labels("exporter_error").inc()
+        raise web.HTTPServiceUnavailable(text=f"{outcome.result.detail}\n")
     return outcome
 
 

@@ -500,10 +500,22 @@ def test_descriptor_exhaustion_never_blames_a_target(tmp_path: Path) -> None:
                     assert RESULT_LINE.findall(body) == ["timeout"], body
                 else:
                     assert body.startswith("probe refused: 32 probes already running") or (
-                        body.startswith("probe not run: not checked")
+                        body.startswith("not checked")
                         and "no free file descriptors (EMFILE)" in body
                     ), body
             assert 503 in statuses
+            counted = samples(exporter.get("/metrics")[1])
+            for reason in ("concurrency", "exporter_error"):
+                refusals = sum(
+                    1
+                    for status, body in answered
+                    if status == 503
+                    and (reason == "concurrency") == body.startswith("probe refused")
+                )
+                assert (
+                    value(counted, "certero_flow_exporter_probe_rejected_total", reason=reason)
+                    == refusals
+                )
 
             before = value(
                 samples(exporter.get("/metrics")[1]),
