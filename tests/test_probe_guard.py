@@ -312,7 +312,7 @@ probe: {{modules: {{https_app_relay: {{allow: ["localhost"]}}}}}}
         )
         assert response.status == 200
         assert "probe_success 1" in await response.text()
-    # Control: without the path override the same probe asks for / and fails the pattern.
+    # Control: without the path override the same probe asks for / and fails.
     config = parse_config(text.replace("{path}", ""), "test.yaml")
     async with exporter_client(config) as (client, _):
         response = await client.get(
