@@ -258,9 +258,9 @@ def _tls_problems(tls: TlsServerConfig, lines: _LineMap) -> Iterator[ConfigProbl
         yield lines.problem((*base, key), _UNSUPPORTED_TLS_KEYS[key])
     if not _tls_enabled(tls):
         return
-    if not tls.cert_file:
+    if not tls.cert_file and "cert" not in tls.model_fields_set:
         yield lines.problem(base, "missing cert_file")
-    if not tls.key_file:
+    if not tls.key_file and "key" not in tls.model_fields_set:
         yield lines.problem(base, "missing key_file")
     auth = tls.client_auth_type
     auth_path = (*base, "client_auth_type")
