@@ -460,3 +460,28 @@ def test_basic_auth_without_tls_is_warned_about() -> None:
 def test_a_guarded_tls_listener_gets_no_warning(web_config: WebConfig) -> None:
     """TLS with basic auth, or with required client certificates, is what the warning asks for."""
     assert exposure_warnings("0.0.0.0", web_config) == []
+
+
+async def test_an_htpasswd_2y_hash_is_accepted(checkpw_calls: CheckCalls) -> None:
+    """htpasswd -B writes $2y$ hashes, as in exporter-toolkit's documentation; they verify."""
+    hashed = b"$2y$" + bcrypt.hashpw(b"right", bcrypt.gensalt(4))[4:]
+    auth = BasicAuth({"alice": hashed})
+    try:
+        assert await auth.verify(header("alice", "right")) == "alice"
+    finally:
+        auth.close()
+    assert len(checkpw_calls) == 1
+
+
+def test_the_example_web_config_loads(pki: Pki, tmp_path: Path) -> None:
+    """config/web-config.example.yml is valid once its certificate paths exist."""
+    example = Path(__file__).parent.parent / "config" / "web-config.example.yml"
+    text = example.read_text().replace(
+        "/etc/certero-flow-exporter/tls/exporter.crt", str(pki.valid.cert)
+    )
+    path = tmp_path / "web.yml"
+    path.write_text(text.replace("/etc/certero-flow-exporter/tls/exporter.key", str(pki.valid.key)))
+    loaded = load_web_config(path)
+    assert loaded.ssl_context is not None
+    assert set(loaded.users) == {"prometheus"}
+    assert loaded.headers == {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "deny"}
