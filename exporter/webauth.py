@@ -34,7 +34,7 @@ from exporter.webconfig import WebConfig
 logger = logging.getLogger(__name__)
 
 REALM = "certero-flow-exporter"
-WORKERS = 2
+WORKERS = 1  # as exporter-toolkit: one bcrypt at a time, the other cores stay for checks
 MAX_PENDING = 64
 CACHE_SIZE = 1024
 
