@@ -215,15 +215,12 @@ def _read_regular_file(path: Path) -> bytes:
 
 
 def _tls_enabled(tls: TlsServerConfig) -> bool:
-    """As exporter-toolkit: any certificate, key or client-auth key switches TLS on."""
-    return bool(
-        tls.cert_file
-        or tls.key_file
-        or tls.client_ca_file
-        or tls.client_ca
-        or tls.client_auth_type != "NoClientCert"
-        or "client_auth_type" in tls.model_fields_set
-    )
+    """Any key in `tls_server_config` switches TLS on (and then needs cert_file and key_file).
+
+    exporter-toolkit falls back to plain HTTP when only, say, `min_version` is set; here that
+    is an error, so that a TLS setting is never in the file without TLS being on.
+    """
+    return bool(tls.model_fields_set)
 
 
 def _semantic_problems(parsed: WebConfigFile, lines: _LineMap) -> Iterator[ConfigProblem]:

@@ -25,6 +25,8 @@ import pytest
 from exporter.cli import main
 from tests.peers.exporter import RunningExporter, http_request, run_exporter
 from tests.peers.pki import Pki, make_pki
+from tests.peers.ports import free_tcp_port
+from tests.peers.procs import stop_process
 from tests.peers.prometheus import Prometheus, run_prometheus
 
 USER = "prometheus"
@@ -179,6 +181,28 @@ def test_right_credentials_reach_metrics_with_the_configured_header(
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert "certero_flow_catalogue_info" in secured.get("/metrics")[1]
     assert "tls=True basic_auth=True" in secured.log()
+    assert "open to anyone" not in secured.log()
+
+
+def test_an_open_listener_on_all_addresses_logs_one_warning(tmp_path: Path) -> None:
+    """serve on 0.0.0.0 without a web config warns once, naming the routes and the flag."""
+    log = tmp_path / "exporter.log"
+    argv = [sys.executable, "-m", "exporter", "serve", "--listen", f"0.0.0.0:{free_tcp_port()}"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + POLL_DEADLINE_S
+        while "msg=starting" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    finally:
+        stop_process(process)
+    warnings = [line for line in log.read_text().splitlines() if "logger=exporter.web " in line]
+    warnings = [line for line in warnings if "level=WARNING" in line]
+    assert len(warnings) == 1, warnings
+    assert "/metrics and /probe are open to anyone who can reach the port" in warnings[0]
+    assert "--web.config.file" in warnings[0]
 
 
 def test_plain_http_to_the_tls_port_gets_no_answer(secured: RunningExporter) -> None:

@@ -94,6 +94,10 @@ INVALID_CASES: dict[str, list[tuple[int, str, str]]] = {
             "Input should be 'TLS10', 'TLS11', 'TLS12' or 'TLS13'",
         ),
     ],
+    "invalid-tls-setting-without-certificate.yml": [
+        (1, "tls_server_config", "missing cert_file"),
+        (1, "tls_server_config", "missing key_file"),
+    ],
     "invalid-top-level-list.yml": [(1, "", "the top level must be a mapping")],
     "invalid-unknown-key.yml": [(4, "tls_server_config.min_versoin", "unknown field")],
     "invalid-unknown-top-level-key.yml": [(1, "basic_auth_user", "unknown field")],
@@ -181,6 +185,19 @@ def test_verify_if_given_makes_the_client_certificate_optional(pki: Pki, tmp_pat
     assert loaded.ssl_context is not None
     assert loaded.ssl_context.verify_mode == ssl.CERT_OPTIONAL
     assert not loaded.requires_client_cert
+
+
+def test_an_inline_client_ca_is_loaded(pki: Pki, tmp_path: Path) -> None:
+    """client_ca (PEM text in the file) works like client_ca_file."""
+    pem = pki.ca_cert.read_text().strip().replace("\n", "\n    ")
+    path = tls_config(
+        pki,
+        tmp_path,
+        f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca: |\n    {pem}\n",
+    )
+    context = load_web_config(path).ssl_context
+    assert context is not None
+    assert context.cert_store_stats()["x509_ca"] == 1
 
 
 def test_cipher_suites_are_applied_in_openssl_names(pki: Pki, tmp_path: Path) -> None:
