@@ -24,6 +24,7 @@ from exporter.errors import ConfigError
 from exporter.report import FlowReport, print_table, to_json, to_junit
 from exporter.runner import run_check
 from exporter.web import DEFAULT_PORT, serve
+from exporter.webconfig import load_web_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -65,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
         default=f"0.0.0.0:{DEFAULT_PORT}",
         help=f"HOST:PORT (default 0.0.0.0:{DEFAULT_PORT})",
     )
+    serve_cmd.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="exporter-toolkit web config: TLS, basic auth, headers (default: none, plain HTTP"
+        " open to anyone who can reach the port)",
+    )
     serve_cmd.set_defaults(handler=_serve)
 
     check_cmd = commands.add_parser("check", help="one-shot readiness run of every configured flow")
@@ -98,7 +106,8 @@ def _serve(args: argparse.Namespace) -> int:
     if endpoint.port is None:
         print(f"--listen needs HOST:PORT, got {args.listen!r}", file=sys.stderr)
         return EXIT_USAGE
-    serve(config, args.config, endpoint.host, endpoint.port)
+    web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+    serve(config, args.config, endpoint.host, endpoint.port, web_config)
     return EXIT_OK
 
 

@@ -37,6 +37,8 @@ from exporter.runner import RunOutcome, run_check
 from exporter.scheduler import Scheduler
 from exporter.selfmetrics import ExporterMetrics
 from exporter.store import ResultStore
+from exporter.webauth import exposure_warnings, secure_app
+from exporter.webconfig import WebConfig
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +89,14 @@ class ExporterState:
 STATE = web.AppKey("state", ExporterState)
 
 
-def make_app(state: ExporterState, *, run_scheduler: bool = True) -> web.Application:
-    """Build the aiohttp application around a loaded config."""
+def make_app(
+    state: ExporterState, *, run_scheduler: bool = True, web_config: WebConfig | None = None
+) -> web.Application:
+    """Build the aiohttp application around a loaded config (and web config, if any)."""
     app = web.Application()
     app[STATE] = state
+    if web_config is not None:
+        secure_app(app, web_config)
     app.router.add_get("/", landing_page)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/probe", probe)
@@ -365,22 +371,41 @@ tr.ok td {{ background: #e8f5e9; }} tr.bad td {{ background: #ffebee; }}
 """
 
 
-def serve(config: Config, config_path: str | None, host: str, port: int) -> None:
-    """Run the exporter until interrupted."""
+def serve(
+    config: Config,
+    config_path: str | None,
+    host: str,
+    port: int,
+    web_config: WebConfig | None = None,
+) -> None:
+    """Run the exporter until interrupted; TLS and basic auth come from `web_config`."""
     state = ExporterState(
         config=config, config_path=config_path, store=ResultStore(config.source.value)
     )
-    app = make_app(state)
+    app = make_app(state, web_config=web_config)
     check_fd_limit(config)
+    for warning in exposure_warnings(host, web_config):
+        logger.warning("%s", warning)
+    ssl_context = web_config.ssl_context if web_config is not None else None
     logger.info(
-        "starting version=%s listen=%s:%d pairs=%d origin=%s",
+        "starting version=%s listen=%s:%d pairs=%d origin=%s tls=%s basic_auth=%s",
         __version__,
         host,
         port,
         len(config.jobs),
         config.origin,
+        ssl_context is not None,
+        bool(web_config is not None and web_config.users),
     )
-    web.run_app(app, host=host, port=port, print=None, handle_signals=True, loop=_new_loop())
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        ssl_context=ssl_context,
+        print=None,
+        handle_signals=True,
+        loop=_new_loop(),
+    )
 
 
 def check_fd_limit(config: Config) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import ssl
 import subprocess
 import sys
 import time
@@ -27,14 +28,19 @@ class RunningExporter:
     base_url: str
     config_path: Path | None
     log_path: Path
+    ssl_context: ssl.SSLContext | None = None
+    headers: dict[str, str] | None = None
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-        """GET a path; returns status and body (errors are returned, not raised)."""
-        return http_request(self.base_url + path, headers=headers)
+        """GET a path with the exporter's default headers (e.g. credentials) plus `headers`."""
+        merged = {**(self.headers or {}), **(headers or {})}
+        return http_request(self.base_url + path, headers=merged, context=self.ssl_context)
 
     def post(self, path: str) -> tuple[int, str]:
         """POST an empty body to a path."""
-        return http_request(self.base_url + path, method="POST")
+        return http_request(
+            self.base_url + path, method="POST", headers=self.headers, context=self.ssl_context
+        )
 
     def log(self) -> str:
         """What the exporter wrote to stderr so far."""
@@ -42,12 +48,16 @@ class RunningExporter:
 
 
 def http_request(
-    url: str, *, method: str = "GET", headers: dict[str, str] | None = None
+    url: str,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, str]:
     """One request with urllib; an HTTP error status is returned as a value."""
     request = urllib.request.Request(url, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
             return int(response.status), response.read().decode()
     except urllib.error.HTTPError as error:
         return int(error.code), error.read().decode()
@@ -60,10 +70,14 @@ def run_exporter(
     extra_args: Sequence[str] = (),
     *,
     nofile: tuple[int, int] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Iterator[RunningExporter]:
     """Start `python -m exporter serve` on a free loopback port and wait until it is ready.
 
-    `nofile` sets the process's open file limit (soft, hard).
+    `nofile` sets the process's open file limit (soft, hard). With `ssl_context` the exporter is
+    reached over https (give `--web.config.file` in `extra_args`); `headers` (e.g. credentials)
+    go with every request, readiness polls included.
     """
     port = free_tcp_port()
     argv = [sys.executable, "-m", "exporter", "serve", "--listen", f"127.0.0.1:{port}"]
@@ -77,7 +91,10 @@ def run_exporter(
             stderr=subprocess.STDOUT,
             preexec_fn=None if nofile is None else lambda: _limit_files(nofile),  # noqa: PLW1509 - the child runs nothing but setrlimit before exec
         )
-    running = RunningExporter(process, f"http://127.0.0.1:{port}", config_path, log_path)
+    scheme = "https" if ssl_context is not None else "http"
+    running = RunningExporter(
+        process, f"{scheme}://127.0.0.1:{port}", config_path, log_path, ssl_context, headers
+    )
     try:
         deadline = time.monotonic() + START_DEADLINE_S
         while True:

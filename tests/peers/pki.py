@@ -1,4 +1,4 @@
-"""Throwaway PKI (CA + valid/expired/wrong-host server certs) to exercise each TLS verdict."""
+"""Throwaway PKI (CA + valid/expired/wrong-host server certs, a client cert) for TLS tests."""
 
 from __future__ import annotations
 
@@ -30,12 +30,13 @@ class CertPair:
 
 @dataclass(frozen=True)
 class Pki:
-    """CA certificate plus one server pair per TLS failure mode the exporter must report."""
+    """CA certificate plus one server pair per TLS failure mode, and a client pair for mTLS."""
 
     ca_cert: Path
     valid: CertPair
     expired: CertPair
     wrong_host: CertPair
+    client: CertPair
 
 
 def _now() -> dt.datetime:
@@ -102,8 +103,9 @@ def _make_server(
     sans: tuple[x509.GeneralName, ...],
     not_before: dt.datetime,
     not_after: dt.datetime,
+    usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
 ) -> CertPair:
-    """Issue a P-256 serverAuth leaf signed by the CA and write it as PEM."""
+    """Issue a P-256 leaf (serverAuth unless `usage` says otherwise) signed by the CA, as PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
@@ -129,7 +131,7 @@ def _make_server(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -181,4 +183,15 @@ def make_pki(directory: Path) -> Pki:
         not_before=now - day,
         not_after=now + 90 * day,
     )
-    return Pki(ca_cert=ca_path, valid=valid, expired=expired, wrong_host=wrong_host)
+    client = _make_server(
+        directory,
+        "client",
+        ca_cert,
+        ca_key,
+        common_name="prometheus",
+        sans=(x509.DNSName("prometheus.test"),),
+        not_before=now - day,
+        not_after=now + 90 * day,
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+    )
+    return Pki(ca_cert=ca_path, valid=valid, expired=expired, wrong_host=wrong_host, client=client)
