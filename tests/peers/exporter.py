@@ -54,11 +54,15 @@ def http_request(
 
 @contextmanager
 def run_exporter(
-    config_path: Path | None, log_dir: Path, extra_args: Sequence[str] = ()
+    config_path: Path | None,
+    log_dir: Path,
+    extra_args: Sequence[str] = (),
+    global_args: Sequence[str] = (),
 ) -> Iterator[RunningExporter]:
-    """Start `python -m exporter serve` on a free loopback port and wait until it is ready."""
+    """Start `python -m exporter [global_args] serve` on a free loopback port; wait until ready."""
     port = free_tcp_port()
-    argv = [sys.executable, "-m", "exporter", "serve", "--listen", f"127.0.0.1:{port}"]
+    argv = [sys.executable, "-m", "exporter", *global_args, "serve"]
+    argv += ["--listen", f"127.0.0.1:{port}"]
     if config_path is not None:
         argv += ["--config", str(config_path)]
     log_path = log_dir / f"exporter-{port}.log"
