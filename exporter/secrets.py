@@ -84,30 +84,44 @@ class _SecretFiles:
             info = os.stat(path)
         except OSError as exc:
             raise CredentialError(f"cannot read secret file {path}: {exc.strerror}") from None
-        if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
-            raise CredentialError(f"secret file {path} is not a regular file")
-        if info.st_size > MAX_SECRET_FILE_BYTES:
-            raise CredentialError(
-                f"secret file {path} is larger than {MAX_SECRET_FILE_BYTES // 1024} KiB"
-            )
-        version = (info.st_ino, info.st_size, info.st_mtime_ns)
         with self._lock:
             cached = self._cache.get(path)
-        if cached is not None and cached[0] == version:
+        if cached is not None and cached[0] == _version(info):
             return cached[1]
-        value = _read_small_file(path)
+        version, value = _read_small_file(path)
         with self._lock:
             self._cache[path] = (version, value)
         return value
 
 
-def _read_small_file(path: Path) -> str:
-    """The file's text without its final line break; errors never carry the content."""
+def _version(info: os.stat_result) -> tuple[int, int, int]:
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _read_small_file(path: Path) -> tuple[tuple[int, int, int], str]:
+    """The file's version and text without its final line break; errors never carry content.
+
+    Opened without blocking and checked on the open descriptor, so that a FIFO or a device put
+    in the file's place can neither hang the exporter nor feed it without end.
+    """
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_SECRET_FILE_BYTES + 1)
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise CredentialError(f"cannot read secret file {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise CredentialError(f"secret file {path} is not a regular file")
+        data = bytearray()
+        while len(data) <= MAX_SECRET_FILE_BYTES:  # at most one byte past the cap is read
+            chunk = os.read(descriptor, MAX_SECRET_FILE_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError as exc:
+        raise CredentialError(f"cannot read secret file {path}: {exc.strerror}") from None
+    finally:
+        os.close(descriptor)
     if len(data) > MAX_SECRET_FILE_BYTES:
         raise CredentialError(
             f"secret file {path} is larger than {MAX_SECRET_FILE_BYTES // 1024} KiB"
@@ -117,7 +131,7 @@ def _read_small_file(path: Path) -> str:
     except UnicodeDecodeError:
         # `from None`: a UnicodeDecodeError holds the bytes, i.e. the secret itself
         raise CredentialError(f"secret file {path} is not UTF-8") from None
-    return text.rstrip("\r\n")
+    return _version(info), text.rstrip("\r\n")
 
 
 _FILES = _SecretFiles()

@@ -81,11 +81,12 @@ def test_secret_errors_name_the_reference_only(tmp_path: Path) -> None:
 
 
 def test_unusable_secret_files_never_block_nor_show_content(tmp_path: Path) -> None:
-    """A FIFO, an oversized file and a non-UTF-8 file are refused without their bytes."""
+    """A FIFO, a device, a directory, an oversized or a non-UTF-8 file: refused, bytes unshown."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    with pytest.raises(CredentialError, match="is not a regular file"):
-        SecretRef(file=fifo).reveal()
+    for unusable in (fifo, Path("/dev/zero"), tmp_path):
+        with pytest.raises(CredentialError, match="is not a regular file"):
+            SecretRef(file=unusable).reveal()
     big = tmp_path / "big"
     big.write_bytes(b"x" * (64 * 1024 + 1))
     with pytest.raises(CredentialError, match="larger than 64 KiB"):
