@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from exporter.checks.base import CheckSettings
 from exporter.checks.https import HttpSettings
 from exporter.config import parse_config
 from exporter.errors import ConfigError, CredentialError
-from exporter.secrets import SecretRef, redact_url, reveal, unreadable_secrets
+from exporter.secrets import Secret, SecretRef, redact_url, reveal, unreadable_secrets
 from tests.peers.exporter import RunningExporter, run_exporter
 
 POLL_DEADLINE_S = 20.0
@@ -112,6 +113,27 @@ def test_settings_repr_never_shows_a_secret_value(monkeypatch: pytest.MonkeyPatc
         assert found_secrets(text) == []
         assert "'Authorization': '<redacted>'" in text
         assert f"SecretRef({{env: {QUERY_VARIABLE}}})" in text
+
+
+class PasswordSettings(CheckSettings):
+    """The shape a check with a password or community takes: one `Secret` field each."""
+
+    password: Secret
+    community: Secret | None = None
+
+
+def test_any_secret_field_is_hidden_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain or optional `Secret` field is hidden in repr and its reference is checked."""
+    monkeypatch.delenv("CFE_TEST_UNSET_TOKEN", raising=False)
+    settings = PasswordSettings.model_validate(
+        {"password": INLINE_HEADER, "community": {"env": "CFE_TEST_UNSET_TOKEN"}}
+    )
+    assert repr(settings) == (
+        "PasswordSettings(password='<redacted>', community=SecretRef({env: CFE_TEST_UNSET_TOKEN}))"
+    )
+    assert list(unreadable_secrets(settings)) == [
+        (("community",), "environment variable CFE_TEST_UNSET_TOKEN is not set")
+    ]
 
 
 @pytest.mark.parametrize(
