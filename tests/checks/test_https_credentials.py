@@ -61,6 +61,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HttpSettings:
     return HttpSettings.model_validate(
         {
             "path": "/start",
+            "server_name": "api.internal.example",
             "headers": {
                 "Authorization": f"Bearer {HEADER_SECRET}",
                 "Cookie": f"session={COOKIE_SECRET}",
@@ -83,7 +84,8 @@ def _secrets_in(text: str) -> list[str]:
 
 
 async def test_redirect_to_another_host_drops_headers_and_query(settings: HttpSettings) -> None:
-    """The first host gets every credential; the host a redirect points to gets none."""
+    """The first host gets every credential; the host a redirect points to gets none of them,
+    nor the flow's server name."""
     async with listening(FIRST_HOST) as (first, first_port), listening(OTHER_HOST) as (other, port):
         first.redirect_to(f"http://{OTHER_HOST}:{port}/landing")
         outcome = await _http(first_port, settings)
@@ -91,6 +93,7 @@ async def test_redirect_to_another_host_drops_headers_and_query(settings: HttpSe
     assert len(first.heads) == 1
     assert sorted(_secrets_in(first.heads[0])) == sorted(SECRETS)
     assert f"GET /start?token={ENV_SECRET} HTTP/1.1" in first.heads[0]
+    assert f"Host: api.internal.example:{first_port}\r\n" in first.heads[0]
     assert len(other.heads) == 1
     assert _secrets_in(other.heads[0]) == []
     assert other.heads[0].startswith("GET /landing HTTP/1.1\r\n")
