@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,8 +29,9 @@ from pydantic import (
 
 from exporter.catalogue import FLOWS, FLOWS_BY_ID, Flow, Role, Transport, VantagePoint
 from exporter.checks import CHECKS, AnyCheckSpec, CheckSettings, Target
-from exporter.errors import ConfigError, ConfigProblem, CredentialError
+from exporter.errors import ConfigError, ConfigProblem
 from exporter.probe_policy import AllowPattern, parse_allow_pattern
+from exporter.secrets import unreadable_secrets
 
 EMBEDDED_DEFAULT = "<embedded default>"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -125,35 +125,6 @@ def _endpoint(value: object) -> Endpoint:
 
 
 EndpointField = Annotated[Endpoint, BeforeValidator(_endpoint)]
-
-
-class SecretRef(StrictModel):
-    """A credential given by reference; the value itself never sits in the config."""
-
-    file: Path | None = None
-    env: str | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SecretRef:
-        if (self.file is None) == (self.env is None):
-            raise ValueError("give exactly one of file or env")
-        return self
-
-    def reveal(self) -> str:
-        """Read the secret now; errors name the reference, never the content."""
-        if self.env is not None:
-            value = os.environ.get(self.env)
-            if value is None:
-                raise CredentialError(f"environment variable {self.env} is not set")
-            return value
-        assert self.file is not None
-        try:
-            return self.file.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise CredentialError(f"cannot read secret file {self.file}: {exc.strerror}") from exc
-
-    def __repr__(self) -> str:
-        return f"SecretRef(file={self.file!s})" if self.file else f"SecretRef(env={self.env})"
 
 
 class Defaults(StrictModel):
@@ -698,6 +669,8 @@ class _Resolver:
         except ValidationError as exc:
             self.problems.extend(_pydantic_problems(exc, self.lines, path))
             return []
+        for where, message in unreadable_secrets(settings):
+            self.problems.append(self.lines.problem((*path, *where), message))
         port = override.port or default_port
         interval = override.interval or self.config.defaults.interval
         timeout = override.timeout or self.config.defaults.timeout

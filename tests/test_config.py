@@ -11,13 +11,12 @@ from exporter.checks.https import HttpSettings
 from exporter.config import (
     EMBEDDED_DEFAULT,
     Endpoint,
-    SecretRef,
     load_config,
     parse_config,
     parse_duration,
     parse_endpoint,
 )
-from exporter.errors import ConfigError, CredentialError
+from exporter.errors import ConfigError
 
 TESTDATA = Path(__file__).parent / "testdata"
 
@@ -237,26 +236,3 @@ def test_unavailable_check_falls_back_and_says_so() -> None:
     checks = {job.flow_id: job.check for job in config.jobs}
     assert checks == {"ldap_dc": "tcp", "ldaps_dc": "tls", "ldaps_gc": "tls"}
     assert any("bind_dn" in warning and "ignored" in warning for warning in config.warnings)
-
-
-def test_secret_from_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Secrets are read from a file or an environment variable and never shown in repr."""
-    secret_file = tmp_path / "ldap"
-    secret_file.write_text("s3cret-value\n", encoding="utf-8")
-    from_file = SecretRef(file=secret_file)
-    assert from_file.reveal() == "s3cret-value"
-    assert "s3cret" not in repr(from_file)
-    monkeypatch.setenv("CFE_TEST_SECRET", "env-s3cret")
-    from_env = SecretRef(env="CFE_TEST_SECRET")
-    assert from_env.reveal() == "env-s3cret"
-    assert "env-s3cret" not in repr(from_env)
-
-
-def test_secret_errors_name_the_reference_only(tmp_path: Path) -> None:
-    """A missing secret names the file or variable, and a ref needs exactly one source."""
-    with pytest.raises(CredentialError, match="missing-secret"):
-        SecretRef(file=tmp_path / "missing-secret").reveal()
-    with pytest.raises(CredentialError, match="CFE_UNSET_VARIABLE"):
-        SecretRef(env="CFE_UNSET_VARIABLE").reveal()
-    with pytest.raises(ValueError, match="exactly one"):
-        SecretRef()

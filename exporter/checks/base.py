@@ -21,14 +21,24 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from exporter.result import CheckResult, PeerInfo, Phase, Result
+from exporter.secrets import hide_secrets, secret_fields
 
 logger = logging.getLogger("exporter.checks")
 
 
 class CheckSettings(BaseModel):
-    """Base of every check's settings model: strict, immutable, unknown keys rejected."""
+    """Base of every check's settings model: strict, immutable, unknown keys rejected.
+
+    A field typed `Secret` (or holding one) shows in `repr` and `str` with its inline values
+    hidden, so that logging a settings object can never print a credential.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        hidden = secret_fields(type(self))
+        for name, value in super().__repr_args__():
+            yield name, (hide_secrets(value) if name in hidden else value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,35 +3,50 @@
 The HTTP/1.1 exchange is written by hand on top of the shared connect/TLS steps so that each
 phase is timed on its own and a hostile server is bounded: headers at most 64 KiB, the body read
 only when a body pattern is configured and then at most `max_body_bytes`.
+
+A flow's own request settings (`headers`, `query`, `server_name`) go to the flow's own origin
+only: a redirect to another origin is followed with none of them (see `_origin`). Every path or
+URL shown in a detail or a debug line passes through `redact_url`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from typing import Literal
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from exporter import __version__
 from exporter.checks.base import CheckContext, CheckSpec, Target
 from exporter.checks.net import STREAM_LIMIT, TlsSettings, close_stream, open_stream, start_tls
 from exporter.checks.tls import expiry_note
-from exporter.errors import CheckFailure
+from exporter.errors import CheckFailure, CredentialError
 from exporter.result import CheckResult, PeerInfo, Phase, Result
+from exporter.secrets import Secret, SecretRef, redact_url, reveal
 
 USER_AGENT = f"certero-flow-exporter/{__version__}"
 _STATUS_LINE = re.compile(rb"^HTTP/(\d)\.(\d) (\d{3})(?: ([^\r\n]*))?\r\n")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")  # field-vchar, SP, HTAB, obs-text
 
 
 class HttpSettings(TlsSettings):
     """Options of the HTTP(S) check; the TLS options apply to `https` only."""
 
-    path: str = Field(default="/", description="Request path (with query).")
+    path: str = Field(default="/", description="Request path (with query, shown redacted).")
+    query: dict[str, Secret] = Field(
+        default_factory=dict,
+        description="Query parameters added to `path`; values inline, {file: …} or {env: …}.",
+    )
     method: Literal["GET", "HEAD"] = "GET"
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+    headers: dict[str, Secret] = Field(
+        default_factory=dict,
+        description="Extra request headers; values inline, {file: …} or {env: …}.",
+    )
     expected_status: list[int] = Field(
         default_factory=list, description="Accepted status codes; empty means any 2xx."
     )
@@ -47,6 +62,25 @@ class HttpSettings(TlsSettings):
             raise ValueError("must start with '/'")
         return path
 
+    @field_validator("query")
+    @classmethod
+    def _not_in_path(cls, query: dict[str, Secret], info: ValidationInfo) -> dict[str, Secret]:
+        written = _query_names(info.data.get("path", ""))
+        twice = sorted(name for name in query if quote(name, safe="") in written)
+        if twice:
+            raise ValueError(f"parameter(s) {', '.join(twice)} also written in path")
+        return query
+
+    @field_validator("headers")
+    @classmethod
+    def _valid_headers(cls, headers: dict[str, Secret]) -> dict[str, Secret]:
+        for name, value in headers.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if isinstance(value, str) and not _HEADER_VALUE.fullmatch(value):
+                raise ValueError(f"header {name}: {_BAD_HEADER_VALUE}")
+        return headers
+
     @field_validator("body_regex")
     @classmethod
     def _compiles(cls, pattern: str | None) -> str | None:
@@ -56,6 +90,9 @@ class HttpSettings(TlsSettings):
             except re.error as exc:
                 raise ValueError(f"invalid regular expression: {exc}") from exc
         return pattern
+
+
+_BAD_HEADER_VALUE = "the value has a line break, a NUL or a character outside Latin-1"
 
 
 class _Response:
@@ -80,14 +117,32 @@ async def run_http(target: Target, settings: HttpSettings, context: CheckContext
 async def _run(
     target: Target, settings: HttpSettings, context: CheckContext, *, use_tls: bool
 ) -> CheckResult:
-    path = settings.path
+    headers = _revealed_headers(settings)  # references are read before any connection
+    query = {name: reveal(value) for name, value in settings.query.items()}
+    origin = _origin(target, use_tls)
+    path = _add_query(settings.path, query)
+    hop_settings = settings
     for hop in range(settings.max_redirects + 1):
-        response, body = await _exchange(target, path, settings, context, use_tls=use_tls)
+        response, body = await _exchange(
+            target, path, hop_settings, headers, context, use_tls=use_tls
+        )
         location = response.headers.get("location")
         if not (settings.follow_redirects and response.status in _REDIRECTS and location):
             break
         target, path, use_tls = _redirect(target, path, location, use_tls)
-        context.debug("following redirect", hop=hop + 1, location=location)
+        own_origin = _origin(target, use_tls) == origin
+        if own_origin:
+            path = _add_query(path, query)
+            hop_settings = settings
+        else:
+            hop_settings = settings.model_copy(update={"server_name": None})
+            headers = {}
+        context.debug(
+            "following redirect",
+            hop=hop + 1,
+            location=redact_url(location),
+            flow_settings="sent" if own_origin else "dropped (another origin)",
+        )
     _require_status(response, settings)
     if settings.body_regex is not None and re.search(settings.body_regex.encode(), body) is None:
         raise CheckFailure(
@@ -96,21 +151,69 @@ async def _run(
         )
     server = response.headers.get("server", "")
     return context.ok(
-        f"HTTP {response.status} {response.reason} for {settings.method} {path}"
+        f"HTTP {response.status} {response.reason} for {settings.method} {redact_url(path)}"
         + (f" from {server}" if server else "")
         + expiry_note(context)
     )
 
 
+def _origin(target: Target, use_tls: bool) -> tuple[bool, str, int | None]:
+    """Scheme, host and port: where a flow's headers and query parameters may be sent.
+
+    curl's rule (`Curl_auth_allowed_to_host` in lib/http.c, tightened after CVE-2018-1000007
+    and CVE-2022-27776): credentials and custom `Authorization`/`Cookie` headers follow a
+    redirect only when host (case-insensitive), port and protocol all equal the first
+    request's; browsers' Fetch standard likewise drops `Authorization` on a cross-origin
+    redirect. Here every configured header and query parameter counts as a credential, since
+    any of them may carry one (an `X-Api-Key`, a `?token=`).
+    """
+    return (use_tls, target.host.lower(), target.port)
+
+
+def _revealed_headers(settings: HttpSettings) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, secret in settings.headers.items():
+        value = reveal(secret)
+        if not _HEADER_VALUE.fullmatch(value):
+            where = secret if isinstance(secret, SecretRef) else "inline"
+            raise CredentialError(f"header {name} ({where}): {_BAD_HEADER_VALUE}")
+        headers[name] = value
+    return headers
+
+
+def _query_names(path: str) -> set[str]:
+    return {part.partition("=")[0] for part in path.partition("?")[2].split("&") if part}
+
+
+def _add_query(path: str, query: Mapping[str, str]) -> str:
+    """`path` with the configured parameters that it does not already carry appended."""
+    written = _query_names(path)
+    extra = [
+        f"{quote(name, safe='')}={quote(value, safe='')}"
+        for name, value in query.items()
+        if quote(name, safe="") not in written
+    ]
+    if not extra:
+        return path
+    base, _, existing = path.partition("?")
+    return f"{base}?{'&'.join([existing, *extra] if existing else extra)}"
+
+
 async def _exchange(
-    target: Target, path: str, settings: HttpSettings, context: CheckContext, *, use_tls: bool
+    target: Target,
+    path: str,
+    settings: HttpSettings,
+    headers: Mapping[str, str],
+    context: CheckContext,
+    *,
+    use_tls: bool,
 ) -> tuple[_Response, bytes]:
     reader, writer = await open_stream(context, target)
     try:
         if use_tls:
             await start_tls(context, target, reader, writer, settings)
         with context.phase(Phase.HANDSHAKE):
-            writer.write(_request(target, path, settings))
+            writer.write(_request(target, path, settings, headers))
             response = await _read_head(reader)
             context.peer = _server_identity(response.headers.get("server", ""))
             context.debug("response", status=response.status, reason=response.reason)
@@ -122,7 +225,9 @@ async def _exchange(
     return response, body
 
 
-def _request(target: Target, path: str, settings: HttpSettings) -> bytes:
+def _request(
+    target: Target, path: str, settings: HttpSettings, extra_headers: Mapping[str, str]
+) -> bytes:
     host = settings.server_name or target.host
     host = f"[{host}]" if ":" in host else host
     headers = {
@@ -130,7 +235,7 @@ def _request(target: Target, path: str, settings: HttpSettings) -> bytes:
         "User-Agent": USER_AGENT,
         "Accept": "*/*",
         "Connection": "close",
-        **settings.headers,
+        **extra_headers,
     }
     lines = [f"{settings.method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -232,7 +337,9 @@ def _redirect(target: Target, path: str, location: str, use_tls: bool) -> tuple[
     base = f"{'https' if use_tls else 'http'}://{target}{path}"
     url = urlsplit(urljoin(base, location))
     if url.scheme not in ("http", "https") or not url.hostname:
-        raise CheckFailure(Result.SERVICE_ERROR, f"redirect to unsupported location {location!r}")
+        raise CheckFailure(
+            Result.SERVICE_ERROR, f"redirect to unsupported location {redact_url(location)!r}"
+        )
     secure = url.scheme == "https"
     port = url.port or (443 if secure else 80)
     new_path = (url.path or "/") + (f"?{url.query}" if url.query else "")

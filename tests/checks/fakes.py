@@ -16,8 +16,8 @@ HOST = "127.0.0.1"
 
 
 @contextlib.asynccontextmanager
-async def fake_server(handler: Handler) -> AsyncIterator[int]:
-    """Serve `handler` on a free loopback port and yield that port."""
+async def fake_server(handler: Handler, host: str = HOST) -> AsyncIterator[int]:
+    """Serve `handler` on a free port of a loopback address and yield that port."""
     tasks: set[asyncio.Task[object]] = set()
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -31,7 +31,7 @@ async def fake_server(handler: Handler) -> AsyncIterator[int]:
         finally:
             writer.transport.abort()
 
-    server = await asyncio.start_server(on_connect, HOST, 0)
+    server = await asyncio.start_server(on_connect, host, 0)
     port: int = server.sockets[0].getsockname()[1]
     try:
         yield port

@@ -69,18 +69,20 @@ def run_exporter(
     log_dir: Path,
     extra_args: Sequence[str] = (),
     *,
+    global_args: Sequence[str] = (),
     nofile: tuple[int, int] | None = None,
     ssl_context: ssl.SSLContext | None = None,
     headers: dict[str, str] | None = None,
 ) -> Iterator[RunningExporter]:
-    """Start `python -m exporter serve` on a free loopback port and wait until it is ready.
+    """Start `python -m exporter [global_args] serve` on a free loopback port; wait until ready.
 
     `nofile` sets the process's open file limit (soft, hard). With `ssl_context` the exporter is
     reached over https (give `--web.config.file` in `extra_args`); `headers` (e.g. credentials)
     go with every request, readiness polls included.
     """
     port = free_tcp_port()
-    argv = [sys.executable, "-m", "exporter", "serve", "--listen", f"127.0.0.1:{port}"]
+    argv = [sys.executable, "-m", "exporter", *global_args, "serve"]
+    argv += ["--listen", f"127.0.0.1:{port}"]
     if config_path is not None:
         argv += ["--config", str(config_path)]
     log_path = log_dir / f"exporter-{port}.log"

@@ -1,0 +1,400 @@
+"""Secrets by reference, and no secret on any output surface of the exporter."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from exporter.checks.base import CheckSettings
+from exporter.checks.https import HttpSettings
+from exporter.config import parse_config
+from exporter.errors import ConfigError, CredentialError
+from exporter.secrets import Secret, SecretRef, redact_url, reveal, unreadable_secrets
+from tests.peers.exporter import RunningExporter, run_exporter
+
+POLL_DEADLINE_S = 20.0
+INLINE_HEADER = "S3CR3T-INLINE-HDR-7f3a"
+INLINE_PATH = "S3CR3T-INLINE-PATH-91bd"
+FILE_HEADER = "S3CR3T-FILE-HDR-c0de"
+ENV_QUERY = "S3CR3T-ENV-QUERY-42ab"
+ENV_COOKIE = "S3CR3T-ENV-COOKIE-5e6f"
+SECRETS = (INLINE_HEADER, INLINE_PATH, FILE_HEADER, ENV_QUERY, ENV_COOKIE)
+QUERY_VARIABLE = "CFE_TEST_QUERY_TOKEN"
+COOKIE_VARIABLE = "CFE_TEST_COOKIE"
+MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs for seconds only
+
+
+def found_secrets(text: str) -> list[str]:
+    """The test secrets that occur in `text`."""
+    return [secret for secret in SECRETS if secret in text]
+
+
+# --- references -----------------------------------------------------------------------------
+
+
+def test_secret_from_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets are read from a file (final line break dropped) or an environment variable."""
+    secret_file = tmp_path / "ldap"
+    secret_file.write_text("s3cret-value\n", encoding="utf-8")
+    from_file = SecretRef(file=secret_file)
+    assert from_file.reveal() == "s3cret-value"
+    assert repr(from_file) == f"SecretRef({{file: {secret_file}}})"
+    monkeypatch.setenv("CFE_TEST_SECRET", "env-s3cret")
+    from_env = SecretRef(env="CFE_TEST_SECRET")
+    assert reveal(from_env) == "env-s3cret"
+    assert str(from_env) == "{env: CFE_TEST_SECRET}"
+    assert reveal("inline") == "inline"
+
+
+def test_rotated_secret_file_is_read_again(tmp_path: Path) -> None:
+    """A file rewritten in place or replaced by a new one is read anew on the next reveal."""
+    secret_file = tmp_path / "token"
+    secret_file.write_text("first\n", encoding="utf-8")
+    reference = SecretRef(file=secret_file)
+    assert reference.reveal() == "first"
+    secret_file.write_text("second-longer\n", encoding="utf-8")
+    assert reference.reveal() == "second-longer"
+    replacement = tmp_path / "token.new"
+    replacement.write_text("third-by-rename\n", encoding="utf-8")
+    os.replace(replacement, secret_file)
+    assert reference.reveal() == "third-by-rename"
+
+
+def test_secret_errors_name_the_reference_only(tmp_path: Path) -> None:
+    """A missing secret names the file or variable, and a ref needs exactly one source."""
+    with pytest.raises(CredentialError, match="missing-secret: No such file"):
+        SecretRef(file=tmp_path / "missing-secret").reveal()
+    with pytest.raises(CredentialError, match="environment variable CFE_UNSET_VARIABLE is not"):
+        SecretRef(env="CFE_UNSET_VARIABLE").reveal()
+    with pytest.raises(ValueError, match="exactly one"):
+        SecretRef()
+    with pytest.raises(ValueError, match="exactly one"):
+        SecretRef(file=tmp_path, env="X")
+
+
+def test_unusable_secret_files_never_block_nor_show_content(tmp_path: Path) -> None:
+    """A FIFO, a device, a directory, an oversized or a non-UTF-8 file: refused, bytes unshown."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for unusable in (fifo, Path("/dev/zero"), tmp_path):
+        with pytest.raises(CredentialError, match="is not a regular file"):
+            SecretRef(file=unusable).reveal()
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (64 * 1024 + 1))
+    with pytest.raises(CredentialError, match="larger than 64 KiB"):
+        SecretRef(file=big).reveal()
+    latin1 = tmp_path / "latin1"
+    latin1.write_bytes(INLINE_HEADER.encode() + b"\xe9")
+    with pytest.raises(CredentialError, match="is not UTF-8") as caught:
+        SecretRef(file=latin1).reveal()
+    shown = "".join(traceback.format_exception(caught.value))
+    assert found_secrets(shown) == []
+
+
+def test_settings_repr_never_shows_a_secret_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inline Secret values are hidden in repr and str; references show their name only."""
+    monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
+    settings = HttpSettings.model_validate(
+        {
+            "headers": {"Authorization": f"Bearer {INLINE_HEADER}"},
+            "query": {"token": {"env": QUERY_VARIABLE}, "inline": INLINE_PATH},
+        }
+    )
+    for text in (repr(settings), str(settings)):
+        assert found_secrets(text) == []
+        assert "'Authorization': '<redacted>'" in text
+        assert f"SecretRef({{env: {QUERY_VARIABLE}}})" in text
+
+
+class PasswordSettings(CheckSettings):
+    """The shape a check with a password or community takes: one `Secret` field each."""
+
+    password: Secret
+    community: Secret | None = None
+
+
+def test_any_secret_field_is_hidden_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain or optional `Secret` field is hidden in repr and its reference is checked."""
+    monkeypatch.delenv("CFE_TEST_UNSET_TOKEN", raising=False)
+    settings = PasswordSettings.model_validate(
+        {"password": INLINE_HEADER, "community": {"env": "CFE_TEST_UNSET_TOKEN"}}
+    )
+    assert repr(settings) == (
+        "PasswordSettings(password='<redacted>', community=SecretRef({env: CFE_TEST_UNSET_TOKEN}))"
+    )
+    assert list(unreadable_secrets(settings)) == [
+        (("community",), "environment variable CFE_TEST_UNSET_TOKEN is not set")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([f"Bearer {INLINE_HEADER}"], "a secret is a string, {file: PATH} or {env: NAME}"),
+        (
+            {"k": INLINE_HEADER},
+            "a secret is a string, {file: PATH} or {env: NAME} (exactly one key)",
+        ),
+        (
+            {"env": "A", "file": "/b"},
+            "a secret is a string, {file: PATH} or {env: NAME} (exactly one key)",
+        ),
+        ({"file": 5}, "file must be a non-empty string"),
+        ({"env": ""}, "env must be a non-empty string"),
+    ],
+)
+def test_malformed_secret_is_a_config_problem_without_the_value(
+    value: object, message: str
+) -> None:
+    """A Secret setting of the wrong shape is one located problem that repeats no value."""
+    text = f"extra_flows:\n  - id: api\n    check: http\n    target: 127.0.0.1:8080\n    headers: {{Authorization: {value!r}}}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text.replace("'", '"'), "inline.yaml")
+    assert str(caught.value) == f"inline.yaml:5: extra_flows[0].headers.Authorization: {message}"
+    assert found_secrets(str(caught.value)) == []
+
+
+def test_validate_reports_unreadable_references_where_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unset variable and a missing file are problems with file, line and field path."""
+    monkeypatch.delenv("CFE_TEST_UNSET_TOKEN", raising=False)
+    missing = tmp_path / "missing"
+    text = (
+        "targets: {application_server: [127.0.0.1]}\n"
+        f"flows: {{https_app_relay: {{query: {{key: {{file: {missing}}}}}}}}}\n"
+        "extra_flows:\n"
+        "  - id: api\n"
+        "    check: http\n"
+        "    target: 127.0.0.1:8080\n"
+        "    headers:\n"
+        f"      X-Inline: {INLINE_HEADER}\n"
+        "      Authorization: {env: CFE_TEST_UNSET_TOKEN}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "inline.yaml")
+    assert [str(problem) for problem in caught.value.problems] == [
+        f"inline.yaml:2: flows.https_app_relay.query.key: cannot read secret file {missing}: "
+        "No such file or directory",
+        "inline.yaml:9: extra_flows[0].headers.Authorization: "
+        "environment variable CFE_TEST_UNSET_TOKEN is not set",
+    ]
+
+
+def test_unreadable_secrets_walks_nested_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every reference of a settings model is tried, with its path inside the model."""
+    monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
+    monkeypatch.delenv("CFE_TEST_UNSET_TOKEN", raising=False)
+    settings = HttpSettings.model_validate(
+        {
+            "headers": {"A": {"env": "CFE_TEST_UNSET_TOKEN"}, "B": "inline"},
+            "query": {"ok": {"env": QUERY_VARIABLE}},
+        }
+    )
+    assert list(unreadable_secrets(settings)) == [
+        (("headers", "A"), "environment variable CFE_TEST_UNSET_TOKEN is not set")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("/health", "/health"),
+        ("/health?token=abc", "/health?token=<redacted>"),
+        ("/h?a=1&b=&bare", "/h?a=<redacted>&b=&<redacted>"),
+        (
+            "https://user:pw@host:8443/x?k=v#frag",
+            "https://<redacted>@host:8443/x?k=<redacted>#<redacted>",
+        ),
+        ("https://host/p@q?k=v", "https://host/p@q?k=<redacted>"),
+        ("http://[::1]:80/", "http://[::1]:80/"),
+        ("//evil@host/?", "//evil@host/?"),
+        ("not a url ?\x00=\xff", "not a url ?\x00=<redacted>"),
+    ],
+)
+def test_redact_url(text: str, shown: str) -> None:
+    """Userinfo, query values and fragments are replaced; anything else is kept as given."""
+    assert redact_url(text) == shown
+
+
+# --- every output surface -------------------------------------------------------------------
+
+
+class CapturingPeer:
+    """A loopback HTTP server on its own thread that records what each request carried."""
+
+    def __init__(self, host: str, redirect_to: str = "") -> None:
+        self.requests: list[str] = []
+        peer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if len(peer.requests) < MAX_RECORDED:
+                    peer.requests.append(f"{self.requestline}\n{self.headers}")
+                if self.path.startswith("/go") and redirect_to:
+                    self.send_response(302)
+                    self.send_header("Location", redirect_to)
+                elif self.path.startswith("/fail"):
+                    self.send_response(500)
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet: the test reads what was recorded, not stderr."""
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.port: int = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> CapturingPeer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+    def text(self) -> str:
+        return "\n".join(self.requests)
+
+
+@pytest.fixture
+def peers() -> Iterator[tuple[CapturingPeer, CapturingPeer]]:
+    """The flows' own target on 127.0.0.1, and another host its redirect points to."""
+    with (
+        CapturingPeer("127.0.0.2") as other,
+        CapturingPeer("127.0.0.1", f"http://127.0.0.2:{other.port}/landing") as own,
+    ):
+        yield own, other
+
+
+def write_config(path: Path, secret_file: Path, port: int, extra: str = "") -> None:
+    """Four flows carrying secrets inline, by file and by env, in headers, query and path."""
+    target = f'"127.0.0.1:{port}"'
+    path.write_text(
+        "source: endpoint_server\n"
+        "defaults: {interval: 1s, timeout: 1s}\n"
+        "scheduler: {startup_spread: 0.1s}\n"
+        "extra_flows:\n"
+        f"  - id: api_inline\n    check: http\n    target: {target}\n"
+        f'    path: "/health?token={INLINE_PATH}"\n'
+        f'    headers: {{Authorization: "Bearer {INLINE_HEADER}"}}\n'
+        f"  - id: api_by_reference\n    check: http\n    target: {target}\n"
+        f"    headers: {{X-Api-Key: {{file: {secret_file}}}, Cookie: {{env: {COOKIE_VARIABLE}}}}}\n"
+        f"    query: {{key: {{env: {QUERY_VARIABLE}}}}}\n"
+        f"  - id: api_redirect\n    check: http\n    target: {target}\n"
+        f'    path: "/go?token={INLINE_PATH}"\n    follow_redirects: true\n'
+        f'    headers: {{Authorization: "Bearer {INLINE_HEADER}", X-Api-Key: {{file: {secret_file}}}}}\n'
+        f"    query: {{key: {{env: {QUERY_VARIABLE}}}}}\n"
+        f"  - id: api_failing\n    check: http\n    target: {target}\n"
+        f'    path: "/fail?token={INLINE_PATH}"\n'
+        f'    headers: {{Authorization: "Bearer {INLINE_HEADER}"}}\n'
+        f"    query: {{key: {{env: {QUERY_VARIABLE}}}}}\n" + extra,
+        encoding="utf-8",
+    )
+
+
+FLOWS = ("api_inline", "api_by_reference", "api_redirect", "api_failing")
+
+
+def wait_for_every_flow(exporter: RunningExporter) -> str:
+    """Scrape until each flow has a result; return that scrape."""
+    deadline = time.monotonic() + POLL_DEADLINE_S
+    while True:
+        status, text = exporter.get("/metrics")
+        assert status == 200
+        if all(f'certero_flow_up{{flow="{flow}"' in text for flow in FLOWS):
+            return text
+        assert time.monotonic() < deadline, f"not every flow was checked:\n{text[:2000]}"
+        time.sleep(0.1)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", "--log-level", "debug", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_no_output_surface_shows_a_secret(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    peers: tuple[CapturingPeer, CapturingPeer],
+) -> None:
+    """Metrics, page, probe debug, debug log, check output, validate and reload errors show
+    no secret, while the flow's own target did receive every one of them."""
+    own, other = peers
+    secret_file = tmp_path / "api-key"
+    secret_file.write_text(FILE_HEADER + "\n", encoding="utf-8")
+    monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
+    monkeypatch.setenv(COOKIE_VARIABLE, ENV_COOKIE)
+    config = tmp_path / "config.yaml"
+    write_config(config, secret_file, own.port)
+    surfaces: dict[str, str] = {}
+
+    with run_exporter(config, tmp_path, global_args=["--log-level", "debug"]) as exporter:
+        surfaces["/metrics"] = wait_for_every_flow(exporter)
+        surfaces["/"] = exporter.get("/")[1]
+        for flow in FLOWS:
+            status, body = exporter.get(
+                f"/probe?module={flow}&target=127.0.0.1:{own.port}&debug=true"
+            )
+            assert status == 200
+            assert "Logs for the probe" in body
+            surfaces[f"/probe {flow}"] = body
+        good = config.read_bytes()
+        config.write_bytes(good + b"# caf\xe9\n")
+        status, body = exporter.post("/-/reload")
+        assert status == 500
+        assert "not UTF-8" in body
+        surfaces["POST /-/reload"] = body
+        config.write_bytes(good)
+        surfaces["debug log"] = exporter.log()
+    assert "level=DEBUG" in surfaces["debug log"]
+    assert "detail=HTTP 200 OK for GET /health?token=<redacted>" in surfaces["/probe api_inline"]
+    assert "detail=HTTP 200 OK for GET /?key=<redacted>" in surfaces["/probe api_by_reference"]
+    assert "api_failing" in surfaces["/"]
+
+    for fmt in ("table", "json", "junit"):
+        done = run_cli("check", "--config", str(config), "--format", fmt, "--no-progress")
+        assert done.returncode == 1  # api_failing fails on purpose
+        assert "api_inline" in done.stdout
+        surfaces[f"check --format {fmt}"] = done.stdout + done.stderr
+
+    broken = tmp_path / "broken.yaml"
+    write_config(
+        broken,
+        tmp_path / "no-such-file",
+        own.port,
+        extra="  - {id: api_unset, check: http, target: 127.0.0.1:1, headers: {A: {env: CFE_TEST_UNSET_TOKEN}}}\n",
+    )
+    monkeypatch.delenv("CFE_TEST_UNSET_TOKEN", raising=False)
+    done = run_cli("validate", str(broken))
+    assert done.returncode == 1
+    assert f"{broken}:13: extra_flows[1].headers.X-Api-Key: cannot read secret file" in done.stderr
+    assert (
+        f"{broken}:28: extra_flows[4].headers.A: environment variable CFE_TEST_UNSET_TOKEN is not set"
+        in done.stderr
+    )
+    surfaces["validate"] = done.stdout + done.stderr
+
+    leaks = {name: found_secrets(text) for name, text in surfaces.items() if found_secrets(text)}
+    assert leaks == {}
+    assert sorted(found_secrets(own.text())) == sorted(SECRETS)  # every setting was used
+    assert other.requests  # the redirect was followed ...
+    assert found_secrets(other.text()) == []  # ... without the flow's credentials
