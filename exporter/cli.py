@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
         default=f"0.0.0.0:{DEFAULT_PORT}",
         help=f"HOST:PORT (default 0.0.0.0:{DEFAULT_PORT})",
     )
+    serve_cmd.add_argument(
+        "--log.access",
+        dest="log_access",
+        action="store_true",
+        help="log every HTTP request at INFO (logger exporter.access; default off)",
+    )
     serve_cmd.set_defaults(handler=_serve)
 
     check_cmd = commands.add_parser("check", help="one-shot readiness run of every configured flow")
@@ -98,7 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
     if endpoint.port is None:
         print(f"--listen needs HOST:PORT, got {args.listen!r}", file=sys.stderr)
         return EXIT_USAGE
-    serve(config, args.config, endpoint.host, endpoint.port)
+    serve(config, args.config, endpoint.host, endpoint.port, access_log=args.log_access)
     return EXIT_OK
 
 
