@@ -6,6 +6,7 @@ answer 400 and keep its log free of ERROR records and tracebacks.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from aiohttp.http_exceptions import BadStatusLine
 
+from exporter.web import _BAD_REQUEST_FILTER
 from tests.peers.exporter import RunningExporter, run_exporter
 from tests.peers.ports import free_tcp_port
 
@@ -88,6 +91,25 @@ def test_malformed_requests_get_400_and_no_error_log(exporter: RunningExporter) 
     assert statuses == dict.fromkeys(MALFORMED_REQUESTS, b"HTTP/1.0 400 Bad Request")
     assert exporter.get("/-/healthy") == (200, "Healthy\n")
     assert_clean(exporter.log())
+
+
+def _server_record(error: Exception) -> logging.LogRecord:
+    """The record aiohttp's request handler logs for `error` (web_protocol.handle_error)."""
+    return logging.LogRecord(
+        "aiohttp.server",
+        logging.ERROR,
+        __file__,
+        1,
+        "Error handling request from %s",
+        ("127.0.0.1",),
+        (type(error), error, None),
+    )
+
+
+def test_only_parser_rejections_leave_the_error_log() -> None:
+    """A request the HTTP parser rejected is filtered out; a crashing route keeps its ERROR."""
+    assert not _BAD_REQUEST_FILTER.filter(_server_record(BadStatusLine("BLAH")))
+    assert _BAD_REQUEST_FILTER.filter(_server_record(RuntimeError("route crashed")))
 
 
 @pytest.mark.parametrize(
