@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         help="exporter-toolkit web config: TLS, basic auth, headers (default: none, plain HTTP"
         " open to anyone who can reach the port)",
     )
+    serve_cmd.add_argument(
+        "--log.access",
+        dest="log_access",
+        action="store_true",
+        help="log every HTTP request at INFO (logger exporter.access; default off)",
+    )
     serve_cmd.set_defaults(handler=_serve)
 
     check_cmd = commands.add_parser("check", help="one-shot readiness run of every configured flow")
@@ -107,7 +113,14 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"--listen needs HOST:PORT, got {args.listen!r}", file=sys.stderr)
         return EXIT_USAGE
     web_config = load_web_config(args.web_config_file) if args.web_config_file else None
-    serve(config, args.config, endpoint.host, endpoint.port, web_config)
+    serve(
+        config,
+        args.config,
+        endpoint.host,
+        endpoint.port,
+        web_config,
+        access_log=args.log_access,
+    )
     return EXIT_OK
 
 

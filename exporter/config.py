@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
+import idna
 import yaml
 from pydantic import (
     BaseModel,
@@ -29,6 +30,7 @@ from pydantic import (
 
 from exporter.catalogue import FLOWS, FLOWS_BY_ID, Flow, Role, Transport, VantagePoint
 from exporter.checks import CHECKS, AnyCheckSpec, CheckSettings, Target
+from exporter.checks.net import dns_name_problem
 from exporter.errors import ConfigError, ConfigProblem
 from exporter.probe_policy import AllowPattern, parse_allow_pattern
 from exporter.secrets import unreadable_secrets
@@ -77,7 +79,12 @@ class Endpoint:
 
 
 def parse_endpoint(text: str) -> Endpoint:
-    """`host`, `host:port`, `[v6]:port`, a bare IPv6 literal, or a CIDR network."""
+    """`host`, `host:port`, `[v6]:port`, a bare IPv6 literal, or a CIDR network.
+
+    A host name must be one DNS can carry (see `dns_name_problem`); an internationalised name
+    is converted to its ASCII form (`bücher.example` → `xn--bcher-kva.example`, IDNA 2008 with
+    UTS 46 mapping), the form the resolver, SNI and the `target` label all use.
+    """
     text = text.strip()
     if not text:
         raise ValueError("empty target")
@@ -98,9 +105,21 @@ def parse_endpoint(text: str) -> Endpoint:
         _require_ip(text, text)
         return Endpoint(host=text)
     host, sep, port = text.partition(":")
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", host):
-        raise ValueError(f"{text!r} is not a valid host name or address")
+    if not host.isascii():
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:
+            reason = str(exc) if len(str(exc)) <= 100 else f"{str(exc)[:100]}…"
+            raise ValueError(f"{_quoted(text)} is not a valid host name: {reason}") from exc
+    problem = dns_name_problem(host)
+    if problem is not None:
+        raise ValueError(f"{_quoted(text)} is not a valid host name or address: {problem}")
     return Endpoint(host=host, port=_port(port, text) if sep else None)
+
+
+def _quoted(text: str) -> str:
+    """The text as written, shortened: an 8 kB target must not come back in every message."""
+    return repr(text) if len(text) <= 80 else f"{text[:60]!r}… ({len(text)} characters)"
 
 
 def _require_ip(host: str, text: str) -> None:
@@ -111,8 +130,9 @@ def _require_ip(host: str, text: str) -> None:
 
 
 def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ValueError(f"{whole!r}: port must be a number from 1 to 65535")
+    """ASCII digits only: `str.isdigit` also admits '²' and Arabic-Indic digits."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{_quoted(whole)}: port must be a number from 1 to 65535")
     return int(text)
 
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from exporter import __version__
 from exporter.catalogue import FLOWS_BY_ID
@@ -48,6 +49,10 @@ PROBE_TIMEOUT_OFFSET = 0.5  # seconds kept back from Prometheus's scrape timeout
 # Descriptors beyond the check slots: listening sockets, scrape and probe request connections,
 # the event loop, log files and resolver threads.
 FD_MARGIN = 128
+# key=value like every other log line; aiohttp's atoms: %a peer, %r request line, %s status, ...
+ACCESS_LOG_FORMAT = (
+    'remote=%a request="%r" status=%s bytes=%b seconds=%Tf user_agent="%{User-Agent}i"'
+)
 
 
 @dataclass
@@ -371,18 +376,44 @@ tr.ok td {{ background: #e8f5e9; }} tr.bad td {{ background: #ffebee; }}
 """
 
 
+class _BadRequestFilter(logging.Filter):
+    """Keeps requests that aiohttp's HTTP parser rejected out of the ERROR log.
+
+    aiohttp answers such a request 400 and then logs it through `RequestHandler.handle_error`
+    on the `aiohttp.server` logger at ERROR with a traceback (web_protocol.py). A port scanner or
+    a stray TLS client would fill the log with those. Only records carrying a parser error
+    (`HttpProcessingError`) are replaced, by one DEBUG line; a request handler that crashes is
+    logged by the same method with its own exception and keeps its ERROR record.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        reason = error.message if len(error.message) <= 200 else f"{error.message[:200]}…"
+        logger.debug("bad request answered 400 reason=%r", reason)
+        return False
+
+
+_BAD_REQUEST_FILTER = _BadRequestFilter()
+
+
 def serve(
     config: Config,
     config_path: str | None,
     host: str,
     port: int,
     web_config: WebConfig | None = None,
+    *,
+    access_log: bool = False,
 ) -> None:
-    """Run the exporter until interrupted; TLS and basic auth come from `web_config`."""
+    """Run the exporter until interrupted; TLS and basic auth come from `web_config`,
+    `access_log` logs every request at INFO."""
     state = ExporterState(
         config=config, config_path=config_path, store=ResultStore(config.source.value)
     )
     app = make_app(state, web_config=web_config)
+    logging.getLogger("aiohttp.server").addFilter(_BAD_REQUEST_FILTER)
     check_fd_limit(config)
     for warning in exposure_warnings(host, web_config):
         logger.warning("%s", warning)
@@ -405,6 +436,8 @@ def serve(
         print=None,
         handle_signals=True,
         loop=_new_loop(),
+        access_log=logging.getLogger("exporter.access") if access_log else None,
+        access_log_format=ACCESS_LOG_FORMAT,
     )
 
 

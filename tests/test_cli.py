@@ -120,6 +120,26 @@ def test_validate_reports_typo_and_syntax_errors_with_line() -> None:
     assert f"{TESTDATA / 'invalid-yaml-syntax.yaml'}:4: YAML syntax error" in syntax.stderr
 
 
+def test_validate_reports_bad_targets_with_line() -> None:
+    """validate refuses an over-long DNS label and non-ASCII port digits, one located line each."""
+    label = cli("validate", str(TESTDATA / "invalid-long-label.yaml"))
+    assert label.returncode == 1
+    assert (
+        f"{TESTDATA / 'invalid-long-label.yaml'}:4: targets.ibm_hmc[1]: "
+        "'" + "a" * 64 + ".corp.example:22' is not a valid host name or address: "
+        "label 1 is 64 characters long (DNS allows at most 63)"
+    ) in label.stderr
+    digits = cli("validate", str(TESTDATA / "invalid-port-digits.yaml"))
+    assert digits.returncode == 1
+    assert digits.stderr.splitlines()[1:] == [
+        f"{TESTDATA / 'invalid-port-digits.yaml'}:4: targets.ibm_hmc[1]: "
+        "'hmc2.corp.example:\u0662\u0662': port must be a number from 1 to 65535",
+        f"{TESTDATA / 'invalid-port-digits.yaml'}:6: targets.endpoint_networks[0]: "
+        "'10.0.0.1:\u00b2': port must be a number from 1 to 65535",
+    ]
+    assert "Traceback" not in label.stderr + digits.stderr
+
+
 def test_validate_accepts_the_example_config() -> None:
     """The documented example config is valid."""
     example = Path(__file__).parent.parent / "config" / "example.yaml"

@@ -77,6 +77,18 @@ INVALID_CASES: dict[str, list[tuple[int, str, str]]] = {
         (5, "flows.https_app_relay.body_regex", "invalid regular expression: unterminated")
     ],
     "invalid-top-level-list.yaml": [(1, "", "the top level must be a mapping")],
+    "invalid-long-label.yaml": [
+        (
+            4,
+            "targets.ibm_hmc[1]",
+            f"'{'a' * 64}.corp.example:22' is not a valid host name or address: "
+            "label 1 is 64 characters long (DNS allows at most 63)",
+        )
+    ],
+    "invalid-port-digits.yaml": [
+        (4, "targets.ibm_hmc[1]", "'hmc2.corp.example:\u0662\u0662': port must be a number"),
+        (6, "targets.endpoint_networks[0]", "'10.0.0.1:\u00b2': port must be a number from 1"),
+    ],
 }
 
 
@@ -155,11 +167,70 @@ def test_bad_durations(text: object) -> None:
         ("[::1]", Endpoint("::1")),
         ("10.20.0.0/22", Endpoint(network=ipaddress.ip_network("10.20.0.0/22"))),
         ("2001:db8::/126", Endpoint(network=ipaddress.ip_network("2001:db8::/126"))),
+        ("sql_01.corp.example:1433", Endpoint("sql_01.corp.example", 1433)),
+        ("dc1.corp.example.", Endpoint("dc1.corp.example.")),
+        (f"{'a' * 63}.example:22", Endpoint(f"{'a' * 63}.example", 22)),
+        (".".join(["a" * 63] * 4)[:253], Endpoint(".".join(["a" * 63] * 4)[:253])),
+        ("bücher.example:443", Endpoint("xn--bcher-kva.example", 443)),
+        ("BÜCHER.Example", Endpoint("xn--bcher-kva.example")),
     ],
 )
 def test_endpoints(text: str, endpoint: Endpoint) -> None:
-    """Targets accept host[:port], IPv6 literals with or without brackets, and CIDRs."""
+    """Targets accept host[:port], IPv6 literals with or without brackets, and CIDRs.
+
+    Underscores and a trailing dot stay valid; an internationalised name becomes its A-label.
+    """
     assert parse_endpoint(text) == endpoint
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("127.0.0.1:\u00b2", "'127.0.0.1:\u00b2': port must be a number from 1 to 65535"),
+        (
+            "127.0.0.1:\u0664\u0667\u0661\u0660\u0661",
+            "'127.0.0.1:\u0664\u0667\u0661\u0660\u0661': port must be a number from 1 to 65535",
+        ),
+        (
+            "127.0.0.1:" + "1" * 5000,
+            f"'127.0.0.1:{'1' * 50}'… (5010 characters): port must be a number from 1 to 65535",
+        ),
+        (
+            f"{'a' * 64}:47101",
+            f"'{'a' * 64}:47101' is not a valid host name or address: "
+            "label 1 is 64 characters long (DNS allows at most 63)",
+        ),
+        (
+            "a" * 8000 + ":47101",
+            f"'{'a' * 60}'… (8006 characters) is not a valid host name or address: "
+            "the host name is 8000 characters long (DNS allows at most 253)",
+        ),
+        (
+            "a..example",
+            "'a..example' is not a valid host name or address: "
+            "the host name has an empty label (a leading dot or two dots in a row)",
+        ),
+        (
+            ":22",
+            "':22' is not a valid host name or address: the host name is empty",
+        ),
+        (
+            "bad host",
+            "'bad host' is not a valid host name or address: "
+            "character ' ' is not allowed in a host name",
+        ),
+        (
+            "b\u00fc\u2603.example",
+            "'b\u00fc\u2603.example' is not a valid host name: "
+            "Codepoint U+2603 at position 3 of 'b\u00fc\u2603' not allowed",
+        ),
+    ],
+)
+def test_bad_host_names_and_ports_say_why(text: str, message: str) -> None:
+    """A name DNS cannot carry or a port not in ASCII digits is refused with a plain reason."""
+    with pytest.raises(ValueError, match=r".") as excinfo:
+        parse_endpoint(text)
+    assert str(excinfo.value) == message
 
 
 @pytest.mark.parametrize(

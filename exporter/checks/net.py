@@ -19,9 +19,40 @@ from cryptography import x509
 from pydantic import Field
 
 from exporter.checks.base import CheckContext, CheckSettings, Target
-from exporter.result import Phase
+from exporter.errors import CheckFailure
+from exporter.result import Phase, Result
 
 STREAM_LIMIT = 64 * 1024  # longest line/header block a peer may send before we call it hostile
+# Reading a rejected certificate on a second connection may use at most this share of the time
+# left, and never more than the cap: the verification failure itself must still be returned.
+CERT_READ_SHARE = 0.5
+CERT_READ_CAP_SECONDS = 1.0
+_MIN_CERT_READ_SECONDS = 0.01  # below this a second handshake cannot finish; do not start one
+_HOST_NAME_CHARACTERS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+)  # letters, digits and hyphen (RFC 1123); underscore as in SRV-style and Windows host names
+
+
+def dns_name_problem(name: str) -> str | None:
+    """Why `name` cannot be sent to a DNS resolver (None: it can).
+
+    Labels of 1 to 63 octets, at most 253 in all (RFC 1035), one optional trailing dot. The
+    resolver's own encoder fails on these with a bare UnicodeError; this says which rule broke.
+    """
+    bare = name[:-1] if name.endswith(".") else name
+    if not bare:
+        return "the host name is empty"
+    if len(bare) > 253:
+        return f"the host name is {len(bare)} characters long (DNS allows at most 253)"
+    for number, label in enumerate(bare.split("."), start=1):
+        if not label:
+            return "the host name has an empty label (a leading dot or two dots in a row)"
+        if len(label) > 63:
+            return f"label {number} is {len(label)} characters long (DNS allows at most 63)"
+        bad = next((char for char in label if char not in _HOST_NAME_CHARACTERS), None)
+        if bad is not None:
+            return f"character {bad!r} is not allowed in a host name"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +79,14 @@ async def resolve(
         context.address = target.host
         return address
     with context.phase(Phase.RESOLVE):
-        infos = await asyncio.get_running_loop().getaddrinfo(target.host, port, type=kind)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(target.host, port, type=kind)
+        except UnicodeError as exc:  # the resolver cannot encode the name (e.g. a redirect's)
+            problem = dns_name_problem(target.host) or "the name cannot be encoded for DNS"
+            name = target.host if len(target.host) <= 64 else f"{target.host[:60]}…"
+            raise CheckFailure(
+                Result.DNS_ERROR, f"name resolution failed for {name!r}: {problem}"
+            ) from exc
     family, _, _, _, sockaddr = infos[0]
     address = ResolvedAddress(family=family, sockaddr=(str(sockaddr[0]), int(sockaddr[1])))
     context.address = address.ip
@@ -128,7 +166,9 @@ async def start_tls(
     """Upgrade a connection to TLS (phase `tls`) and record the certificate expiry.
 
     When verification fails, the certificate is fetched once more on a second, unverified
-    connection so that its expiry is still reported; the result stays a TLS failure.
+    connection so that its expiry is still reported; the result stays a TLS failure. Python's
+    ssl module (3.11) has no way to read the peer's chain after a failed handshake, hence the
+    second connection.
     """
     server_name = settings.server_name or target.host
     try:
@@ -160,9 +200,18 @@ def _record_certificate(context: CheckContext, ssl_object: ssl.SSLObject) -> Non
 async def _record_unverified_certificate(
     context: CheckContext, target: Target, server_name: str
 ) -> None:
-    """Read the certificate that failed verification; any error here is only logged."""
+    """Read the certificate that failed verification; any error here is only logged.
+
+    A peer may accept the second connection and then stall. The read is therefore bounded by
+    a share of the time left, so it ends well before the check's own deadline and the
+    verification failure, not a timeout, is what the check reports.
+    """
+    budget = min(context.remaining() * CERT_READ_SHARE, CERT_READ_CAP_SECONDS)
+    if budget < _MIN_CERT_READ_SECONDS:
+        context.debug("no time left to read the rejected certificate")
+        return
     try:
-        async with asyncio.timeout(context.remaining()):
+        async with asyncio.timeout(budget):
             _, writer = await asyncio.open_connection(
                 context.address or target.host,
                 target.port,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -67,3 +68,23 @@ async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 async def closes_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """A server that accepts and closes the connection without a byte."""
     writer.close()
+
+
+def serves_tls(context: ssl.SSLContext, *, stall_from: int | None = None) -> Handler:
+    """A TLS server; from connection number `stall_from` on it accepts and then says nothing.
+
+    With `stall_from=2` it shows its certificate once, then stalls whoever comes back for it.
+    """
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        if stall_from is not None and connections >= stall_from:
+            await wait_for_client_to_leave(reader)
+            return
+        with contextlib.suppress(ssl.SSLError):  # a client rejecting the certificate aborts
+            await writer.start_tls(context)
+            await wait_for_client_to_leave(reader)
+
+    return handler

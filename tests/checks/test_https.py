@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -178,6 +179,22 @@ async def test_http_non_http_answer_is_protocol_mismatch() -> None:
         result = await _check("http", port, HttpSettings())
     assert result.result is Result.PROTOCOL_MISMATCH
     assert "not an HTTP response: '220 smtp.example ESMTP ready'" in result.detail
+
+
+async def test_http_redirect_to_an_over_long_label_is_dns_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A redirect to a host with a 64-character label is a dns_error, not a logged defect."""
+    host = "a" * 64
+    redirect = f"HTTP/1.1 302 Found\r\nLocation: http://{host}/\r\nContent-Length: 0\r\n\r\n"
+    async with fake_server(sends_then_waits(redirect.encode())) as port:
+        result = await _check("http", port, HttpSettings(follow_redirects=True))
+    assert result.result is Result.DNS_ERROR
+    assert result.detail == (
+        f"name resolution failed for '{host}': label 1 is 64 characters long (DNS allows at most 63)"
+    )
+    ours = [r for r in caplog.records if r.name.startswith("exporter")]
+    assert not [r for r in ours if r.levelno >= logging.WARNING]
 
 
 async def test_http_closed_at_once_is_service_error() -> None:

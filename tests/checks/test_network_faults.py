@@ -7,6 +7,8 @@ classify the network differently from the others.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from exporter.checks import CHECKS, Target
@@ -42,6 +44,37 @@ async def test_unresolvable_name_is_dns_error(check: str) -> None:
     assert result.result is Result.DNS_ERROR
     assert Phase.RESOLVE in result.phases
     assert Phase.CONNECT not in result.phases
+
+
+@pytest.mark.parametrize(
+    ("host", "detail"),
+    [
+        ("a" * 64, f"for '{'a' * 64}': label 1 is 64 characters long (DNS allows at most 63)"),
+        (
+            "a" * 300 + ".example",
+            f"for '{'a' * 60}…': the host name is 308 characters long (DNS allows at most 253)",
+        ),
+        (
+            "a..example",
+            "for 'a..example': the host name has an empty label (a leading dot or two dots in a row)",
+        ),
+        (
+            "h\u2028st.example",
+            "for 'h\\u2028st.example': character '\\u2028' is not allowed in a host name",
+        ),
+    ],
+)
+@pytest.mark.parametrize("check", TCP_CHECKS)
+async def test_name_the_resolver_cannot_encode_is_dns_error(
+    check: str, host: str, detail: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name the resolver refuses to encode (as a redirect may bring) is a plain dns_error."""
+    result = await run(check, host, 443)
+    assert result.result is Result.DNS_ERROR
+    assert result.detail == f"name resolution failed {detail}"
+    assert Phase.CONNECT not in result.phases
+    ours = [r for r in caplog.records if r.name.startswith("exporter")]
+    assert not [r for r in ours if r.levelno >= logging.WARNING]
 
 
 @pytest.mark.parametrize("check", TCP_CHECKS)

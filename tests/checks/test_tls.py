@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
+import ssl
+
+import pytest
 
 from exporter.checks import CHECKS, Target
 from exporter.checks.net import TlsSettings
 from exporter.result import CheckResult, Phase, Result
 from exporter.runner import run_check
-from tests.checks.fakes import HOST, closes_at_once, fake_server, silent
+from tests.checks.fakes import HOST, closes_at_once, fake_server, serves_tls, silent
 from tests.peers.netns import IsolatedHost
 from tests.peers.nginx import Nginx
-from tests.peers.pki import Pki
+from tests.peers.pki import CertPair, Pki
 from tests.peers.ports import free_tcp_port
 from tests.peers.sshd import Sshd
 
@@ -21,6 +24,12 @@ SHORT_TIMEOUT_S = 1.0
 
 def _verifying(pki: Pki) -> TlsSettings:
     return TlsSettings(ca_file=str(pki.ca_cert), server_name="localhost")
+
+
+def _server_context(pair: CertPair) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pair.cert, pair.key)
+    return context
 
 
 async def _tls(
@@ -129,3 +138,33 @@ async def test_tls_error_when_server_closes_during_handshake(pki: Pki) -> None:
     assert result.result is Result.TLS_ERROR
     assert "closed by peer during the TLS handshake" in result.detail
     assert Phase.TLS in result.phases
+
+
+@pytest.mark.parametrize(
+    ("trust_test_ca", "reason"),
+    [(True, "certificate has expired"), (False, "unable to get local issuer certificate")],
+)
+async def test_rejected_certificate_then_stall_keeps_the_rejection(
+    pki: Pki, trust_test_ca: bool, reason: str
+) -> None:
+    """A peer that stalls the second connection (made to read its rejected certificate) still
+    yields tls_error "certificate rejected", not a timeout: the read is time-boxed."""
+    settings = _verifying(pki) if trust_test_ca else TlsSettings(server_name="localhost")
+    async with fake_server(serves_tls(_server_context(pki.expired), stall_from=2)) as port:
+        outcome = await run_check(
+            CHECKS["tls"], Target(HOST, port), settings, SHORT_TIMEOUT_S, capture_log=True
+        )
+    assert outcome.result.result is Result.TLS_ERROR
+    assert outcome.result.detail == f"certificate rejected: {reason}"
+    assert outcome.result.tls_cert_expiry_seconds is None
+    log = "\n".join(outcome.log_lines)
+    assert "could not read the rejected certificate error=TimeoutError" in log
+
+
+async def test_rejected_certificate_is_read_on_a_second_connection(pki: Pki) -> None:
+    """When the peer answers the second connection, the rejected certificate's expiry is kept."""
+    async with fake_server(serves_tls(_server_context(pki.expired))) as port:
+        result = await _tls(port, _verifying(pki), timeout_seconds=SHORT_TIMEOUT_S)
+    assert result.result is Result.TLS_ERROR
+    assert result.detail == "certificate rejected: certificate has expired"
+    assert result.tls_cert_expiry_seconds == pki.expired.not_after.timestamp()
