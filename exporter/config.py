@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -38,6 +39,26 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Checks that exist in the catalogue but not yet in this build: TLS-protocol ports fall back to
 # a TLS handshake, other TCP ports to a connect, and the `check` label says which ran.
 _TLS_FALLBACK = frozenset({"ldaps", "vsphere"})
+
+# Bounds that keep a hostile or mistaken file from hanging or exhausting the process. A config
+# of 200,000 pairs written one extra flow per line is about 12 MB, so the size cap leaves room;
+# everything above it is refused after reading at most MAX_CONFIG_BYTES + 1 bytes.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+# The deepest legitimate config is about six levels (extra_flows[0].headers.name); libyaml's
+# own limit is 1,000 and the pure-Python composer recurses once per level, so the cap sits
+# far below both.
+MAX_YAML_DEPTH = 64
+# Nodes of the document with every alias expanded: what the line map and pydantic would walk.
+# 100,000 pairs take 100,000 nodes as target lists, 700,000 as one-line extra flows.
+MAX_YAML_NODES = 2_000_000
+# Of those, how many aliases may add in all. Sharing a list of 1,000 targets among 20 flows
+# costs 20,000; a billion-laughs file is refused after its first few hundred events.
+MAX_ALIAS_NODES = 100_000
+# Default of scheduler.max_pairs: resolved (flow, target) pairs, counted before jobs are built.
+DEFAULT_MAX_PAIRS = 200_000
+# A syntax error is re-worded by the pure-Python parser only in files up to this size: its
+# messages are the same on every platform, but it is about 20 times slower than libyaml.
+_PURE_PYTHON_ERROR_BYTES = 1024 * 1024
 
 
 def parse_duration(value: object) -> float:
@@ -170,6 +191,7 @@ class SchedulerSettings(StrictModel):
     startup_spread: Duration = 10.0
     jitter: float = Field(default=0.05, ge=0.0, le=0.5)
     max_hosts_per_network: int = Field(default=4096, ge=1, le=1 << 20)
+    max_pairs: int = Field(default=DEFAULT_MAX_PAIRS, ge=1, le=10_000_000)
 
 
 class FlowOverride(BaseModel):
@@ -215,7 +237,12 @@ class ConfigFile(StrictModel):
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One (flow, target) pair the exporter checks."""
+    """One (flow, target) pair the exporter checks.
+
+    `key` and `spread_fraction` are computed once, when the job is built (on the loader's
+    thread for a reload), so that applying a config of 100,000 pairs on the event loop is
+    dictionary work only.
+    """
 
     flow_id: str
     check: str
@@ -225,17 +252,16 @@ class Job:
     interval: float
     timeout: float
     catalogue_flow: Flow | None = None
+    # Identity of the pair across reloads.
+    key: tuple[str, str] = field(init=False, repr=False, compare=False)
+    # A stable number in [0, 1) that places this job's first run in the start-up spread.
+    spread_fraction: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[str, str]:
-        """Identity of the pair across reloads."""
-        return (self.flow_id, str(self.target))
-
-    @property
-    def spread_fraction(self) -> float:
-        """A stable number in [0, 1) that places this job's first run in the start-up spread."""
-        digest = hashlib.blake2b(f"{self.flow_id}|{self.target}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") / 2**64
+    def __post_init__(self) -> None:
+        target = str(self.target)
+        digest = hashlib.blake2b(f"{self.flow_id}|{target}".encode(), digest_size=8).digest()
+        object.__setattr__(self, "key", (self.flow_id, target))
+        object.__setattr__(self, "spread_fraction", int.from_bytes(digest, "big") / 2**64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,14 +299,84 @@ def default_config_text() -> str:
 
 
 def load_config(path: str | Path | None) -> Config:
-    """Load and resolve a config file, or the embedded default when `path` is None."""
+    """Load and resolve a config file, or the embedded default when `path` is None.
+
+    Whatever the file holds, this returns or raises `ConfigError` within bounded time and
+    memory: the read never blocks, and the YAML is bounded before anything is built from it.
+    """
     if path is None:
         return parse_config(default_config_text(), EMBEDDED_DEFAULT)
+    origin = str(path)
+    text = _decode_utf8(_read_regular_file(origin), origin)
     try:
-        data = Path(path).read_bytes()
+        return parse_config(text, origin)
+    except (RecursionError, MemoryError) as exc:
+        # Last resort: the caps above should make these unreachable. `from None`: a traceback
+        # of either would be thousands of lines and says nothing an operator can act on.
+        what = "too deeply nested" if isinstance(exc, RecursionError) else "too large"
+        problem = ConfigProblem(origin, None, "", f"the document is {what} to load")
+        raise ConfigError([problem]) from None
+
+
+def _read_regular_file(path: str) -> bytes:
+    """The file's bytes, read without ever blocking and never more than the size cap + 1.
+
+    `stat` first refuses a FIFO, device, directory or socket without opening it (opening a
+    device can have effects of its own); `fstat` on the opened descriptor then closes the race
+    with a file swapped in between. `O_NONBLOCK` makes even that open return at once for a FIFO
+    with no writer.
+    """
+    try:
+        _require_regular(os.stat(path).st_mode, path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
-        raise ConfigError([ConfigProblem(str(path), None, "", exc.strerror or str(exc))]) from exc
-    return parse_config(_decode_utf8(data, str(path)), str(path))
+        raise ConfigError([ConfigProblem(path, None, "", exc.strerror or str(exc))]) from exc
+    try:
+        status = os.fstat(fd)
+        _require_regular(status.st_mode, path)
+        if status.st_size > MAX_CONFIG_BYTES:
+            raise _too_large(path, status.st_size)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:  # a file that grows while read stops at cap + 1
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(path, None, "", exc.strerror or str(exc))]) from exc
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:
+        raise _too_large(path, None)
+    return b"".join(chunks)
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _require_regular(mode: int, path: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    via = " (through a symbolic link)" if os.path.islink(path) else ""
+    message = f"is {kind}{via}; the config must be a regular file"
+    raise ConfigError([ConfigProblem(path, None, "", message)])
+
+
+def _too_large(path: str, size: int | None) -> ConfigError:
+    """`size` is the file's size, or None for a file that grew past the cap while read."""
+    amount = f"is {size} bytes" if size is not None else "grew while read"
+    limit = MAX_CONFIG_BYTES // (1024 * 1024)
+    message = f"{amount}, over the {limit} MiB limit for a config file"
+    return ConfigError([ConfigProblem(path, None, "", message)])
 
 
 def _decode_utf8(data: bytes, origin: str) -> str:
@@ -301,12 +397,14 @@ def _decode_utf8(data: bytes, origin: str) -> str:
 def parse_config(text: str, origin: str) -> Config:
     """Validate YAML text into a `Config`; raise `ConfigError` listing every problem."""
     try:
-        node, raw = _load_yaml(text)
+        node, raw = _load_yaml(text, origin)
     except yaml.YAMLError as exc:
-        raise ConfigError([_yaml_problem(exc, origin)]) from exc
+        # `from None`: the error's marks hold the whole text, and a snippet of it in their repr.
+        raise ConfigError([_yaml_problem(exc, text, origin)]) from None
     lines = _LineMap(node, origin)
     if raw is None:
-        raw = {}
+        message = "the file is empty (or holds only comments); a config needs at least one setting"
+        raise ConfigError([ConfigProblem(origin, 1, "", message)])
     if not isinstance(raw, dict):
         raise ConfigError([ConfigProblem(origin, 1, "", "the top level must be a mapping")])
     problems = list(lines.duplicates)
@@ -328,21 +426,25 @@ def parse_config(text: str, origin: str) -> Config:
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _load_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+def _load_yaml(text: str, origin: str) -> tuple[yaml.Node | None, Any]:
     """Parse once: the node tree (for line numbers) and the plain data built from it.
 
     A syntax error is reported by the pure-Python parser, whose messages are the same on
-    every platform (libyaml words them differently).
+    every platform (libyaml words them differently), as long as the file is small enough for
+    it to be quick.
     """
     try:
-        return _parse_yaml(text, _SafeLoader)
+        return _parse_yaml(text, _SafeLoader, origin)
     except yaml.YAMLError:
-        if _SafeLoader is yaml.SafeLoader:
+        if _SafeLoader is yaml.SafeLoader or len(text) > _PURE_PYTHON_ERROR_BYTES:
             raise
-        return _parse_yaml(text, yaml.SafeLoader)
+        return _parse_yaml(text, yaml.SafeLoader, origin)
 
 
-def _parse_yaml(text: str, loader_class: type[yaml.SafeLoader]) -> tuple[yaml.Node | None, Any]:
+def _parse_yaml(
+    text: str, loader_class: type[yaml.SafeLoader], origin: str
+) -> tuple[yaml.Node | None, Any]:
+    _check_yaml_bounds(text, loader_class, origin)
     loader = loader_class(text)
     try:
         node = loader.get_single_node()
@@ -350,6 +452,64 @@ def _parse_yaml(text: str, loader_class: type[yaml.SafeLoader]) -> tuple[yaml.No
     finally:
         loader.dispose()
     return node, data
+
+
+def _check_yaml_bounds(text: str, loader_class: type[yaml.SafeLoader], origin: str) -> None:
+    """Refuse deep nesting and alias bombs from the event stream, before any node is built.
+
+    The event parser is a state machine in both libyaml and PyYAML, so this pass holds only the
+    open collections and one size per anchor, whatever the file. The composer and the line map
+    recurse once per level, and both they and pydantic walk every alias as a full copy; so
+    aliases are allowed (they are a fair way to share a target list) but each counts for the
+    nodes it stands for, known once its anchored node ends. What aliases add in all must stay
+    under MAX_ALIAS_NODES, a fixed amount whatever the file's size, rather than a multiple of
+    it; and the whole expanded document under MAX_YAML_NODES.
+    """
+    loader = loader_class(text)
+    anchors: dict[str, int] = {}  # anchor -> nodes it expands to
+    open_collections: list[tuple[str | None, int]] = []  # (anchor, node count at its start)
+    nodes = 0
+    alias_nodes = 0
+    try:
+        while loader.check_event():
+            event: yaml.Event = loader.get_event()  # type: ignore[no-untyped-call]  # stub
+            if isinstance(event, yaml.ScalarEvent):
+                nodes += 1
+                if event.anchor is not None:
+                    anchors[event.anchor] = 1
+            elif isinstance(event, yaml.CollectionStartEvent):
+                nodes += 1
+                open_collections.append((event.anchor, nodes))
+                if len(open_collections) > MAX_YAML_DEPTH:
+                    message = f"nested deeper than {MAX_YAML_DEPTH} levels"
+                    raise _event_error(event, origin, message)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                anchor, start = open_collections.pop()
+                if anchor is not None:
+                    anchors[anchor] = nodes - start + 1
+            elif isinstance(event, yaml.AliasEvent):
+                size = anchors.get(event.anchor) if event.anchor is not None else None
+                if size is None:
+                    message = f"alias *{event.anchor} does not follow a complete anchored node"
+                    raise _event_error(event, origin, message)
+                nodes += size
+                alias_nodes += size
+                if alias_nodes > MAX_ALIAS_NODES:
+                    message = (
+                        f"aliases repeat more than {MAX_ALIAS_NODES} nodes in all "
+                        "(each alias counts for every node of its anchor)"
+                    )
+                    raise _event_error(event, origin, message)
+            if nodes > MAX_YAML_NODES:
+                message = f"the document has more than {MAX_YAML_NODES} nodes"
+                raise _event_error(event, origin, message)
+    finally:
+        loader.dispose()
+
+
+def _event_error(event: yaml.Event, origin: str, message: str) -> ConfigError:
+    line = event.start_mark.line + 1 if event.start_mark is not None else None
+    return ConfigError([ConfigProblem(origin, line, "", message)])
 
 
 class _LineMap:
@@ -405,7 +565,11 @@ def format_path(path: Iterable[str | int]) -> str:
     return text
 
 
-def _yaml_problem(exc: yaml.YAMLError, origin: str) -> ConfigProblem:
+def _yaml_problem(exc: yaml.YAMLError, text: str, origin: str) -> ConfigProblem:
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML forbids, such as NUL
+        where = text.count("\n", 0, exc.position) + 1
+        message = f"YAML syntax error: {exc.reason} #x{exc.character:04x} at offset {exc.position}"
+        return ConfigProblem(origin, where, "", message)
     mark = getattr(exc, "problem_mark", None)
     line = mark.line + 1 if mark is not None else None
     problem = getattr(exc, "problem", None) or str(exc)
@@ -444,6 +608,8 @@ class _Resolver:
         self.problems: list[ConfigProblem] = []
         self.warnings: list[str] = []
         self.skipped: dict[str, str] = {}
+        self.pairs = 0  # counted before each flow's jobs are built
+        self.over_limit_at: tuple[str | int, ...] | None = None
 
     def resolve(self) -> list[Job]:
         jobs: list[Job] = []
@@ -470,6 +636,15 @@ class _Resolver:
                 )
             seen_ids.add(extra.id)
             jobs.extend(self._extra_jobs(extra, path))
+        if self.over_limit_at is not None:
+            limit = self.config.scheduler.max_pairs
+            self.problems.append(
+                self.lines.problem(
+                    self.over_limit_at,
+                    f"the config resolves to {self.pairs} (flow, target) pairs, more than "
+                    f"scheduler.max_pairs ({limit}); this flow crosses the limit",
+                )
+            )
         return jobs
 
     def _check_network_sizes(self) -> None:
@@ -602,6 +777,11 @@ class _Resolver:
                     self.lines.problem((*path, key), "timeout must not exceed the interval")
                 )
             return []  # otherwise the defaults are at fault, reported once by resolve()
+        self.pairs += sum(_pair_count(endpoint, self.config.scheduler) for endpoint in endpoints)
+        if self.pairs > self.config.scheduler.max_pairs:
+            # Counted, never built: a small file of large networks must not cost minutes.
+            self.over_limit_at = self.over_limit_at or path
+            return []
         jobs: list[Job] = []
         for target in self._targets(endpoints, port, spec, path):
             jobs.append(Job(flow_id, check, spec, target, settings, interval, timeout, flow))
@@ -629,3 +809,15 @@ class _Resolver:
                 continue  # reported once by _check_network_sizes
             for address in endpoint.network.hosts():
                 yield Target(str(address), target_port)
+
+
+def _pair_count(endpoint: Endpoint, scheduler: SchedulerSettings) -> int:
+    """Pairs an endpoint yields, by arithmetic: what `network.hosts()` would give."""
+    network = endpoint.network
+    if network is None:
+        return 1
+    if network.num_addresses > scheduler.max_hosts_per_network:
+        return 0  # reported once by _check_network_sizes
+    if network.num_addresses <= 2:  # /31, /32, /127, /128: every address is a host
+        return network.num_addresses
+    return network.num_addresses - (2 if network.version == 4 else 1)

@@ -8,11 +8,13 @@ check through the registry and renders its result with the same collector as `/m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import html
 import itertools
 import logging
 import signal
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -30,8 +32,15 @@ from exporter.collector import (
     render_catalogue,
     render_pair,
 )
-from exporter.config import Config, Job, effective_check, load_config, parse_endpoint
-from exporter.errors import ConfigError
+from exporter.config import (
+    EMBEDDED_DEFAULT,
+    Config,
+    Job,
+    effective_check,
+    load_config,
+    parse_endpoint,
+)
+from exporter.errors import ConfigError, ConfigProblem
 from exporter.runner import run_check
 from exporter.scheduler import Scheduler
 from exporter.selfmetrics import ExporterMetrics
@@ -42,6 +51,57 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 10163
 GZIP_LEVEL = 1  # scrapes are large and repetitive: the fastest level already shrinks them ~10x
 PROBE_TIMEOUT_OFFSET = 0.5  # seconds kept back from Prometheus's scrape timeout, as blackbox does
+# A reload that has not loaded its file by then fails and frees the reload lock. The read never
+# blocks, so this is a backstop: the slowest supported file (100,000 one-line extra flows) loads
+# in about 15 s on a small host.
+RELOAD_DEADLINE_S = 60.0
+# Applying a new config on the event loop pauses after this many pairs, so that a scrape never
+# waits for more than a few milliseconds of it.
+APPLY_STEP_PAIRS = 5_000
+# On SIGTERM, requests still running (a reload waiting for its file, a slow probe) get this long.
+SHUTDOWN_GRACE_S = 5.0
+
+
+class _LoaderThread:
+    """Loads config files for reloads, one at a time, on a daemon thread of its own.
+
+    Not the loop's default executor, which `/metrics` uses for gzip: a slow load must never
+    queue a scrape behind it. Not a `ThreadPoolExecutor` either: the interpreter joins its
+    workers at exit, so a load still running would hold up SIGTERM; a daemon thread does not.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+
+    async def load(self, path: str | None) -> Config:
+        """Load `path` on the thread; a load still running from a timed-out reload is refused."""
+        origin = path or EMBEDDED_DEFAULT
+        if self._thread is not None and self._thread.is_alive():
+            message = "the previous reload is still loading the file, past its deadline"
+            raise ConfigError([ConfigProblem(origin, None, "", message)])
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Config] = loop.create_future()
+
+        def settle(outcome: Config | Exception) -> None:
+            if future.done():  # the reload gave up at its deadline
+                return
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        def work() -> None:
+            outcome: Config | Exception
+            try:
+                outcome = load_config(path)
+            except Exception as exc:  # noqa: BLE001 - handed to the awaiting reload, which reports it
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(settle, outcome)
+
+        self._thread = threading.Thread(target=work, name="config-reload", daemon=True)
+        self._thread.start()
+        return await future
 
 
 @dataclass
@@ -55,28 +115,45 @@ class ExporterState:
     scheduler: Scheduler | None = None
     catalogue: bytes = field(default_factory=render_catalogue)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    loader: _LoaderThread = field(default_factory=_LoaderThread)
 
     async def reload(self) -> ConfigError | None:
         """Load the config file again; a bad file is rejected and the running config kept.
 
-        Parsing runs in a worker thread: a config of 10,000 pairs takes about half a second,
-        which the event loop (and every running check) must not wait for.
+        Loading runs on the loader's thread under RELOAD_DEADLINE_S; any failure, expected or
+        not, is one `ConfigError`, one ERROR line that never holds the file's content, and
+        `config_last_reload_successful` 0. The new config is then applied in steps of
+        APPLY_STEP_PAIRS so that the event loop serves scrapes in between.
         """
-        loop = asyncio.get_running_loop()
+        origin = self.config_path or EMBEDDED_DEFAULT
         try:
-            config = await loop.run_in_executor(None, load_config, self.config_path)
+            async with asyncio.timeout(RELOAD_DEADLINE_S):
+                config = await self.loader.load(self.config_path)
         except ConfigError as exc:
-            self.metrics.reload_success.set(0)
-            logger.error("config reload rejected, keeping the running config:\n%s", exc)
-            return exc
+            return self._reject(exc)
+        except TimeoutError:
+            message = f"not loaded within the reload deadline of {RELOAD_DEADLINE_S:g} s"
+            return self._reject(ConfigError([ConfigProblem(origin, None, "", message)]))
+        except Exception as exc:  # noqa: BLE001 - any failure must keep the running config
+            # Only the type: an exception's text may quote the file (as UnicodeDecodeError does).
+            message = f"could not be loaded: unexpected {type(exc).__name__}"
+            return self._reject(ConfigError([ConfigProblem(origin, None, "", message)]))
         self.config = config
-        self.store.retain(config.jobs, config.source.value)
-        if self.scheduler is not None:
-            self.scheduler.replace_config(config)
+        if self.scheduler is not None:  # first, so that no removed pair is recorded again
+            for _ in self.scheduler.replace_config_in_steps(config, APPLY_STEP_PAIRS):
+                await asyncio.sleep(0)
+        for _ in self.store.retain_in_steps(config.jobs, config.source.value, APPLY_STEP_PAIRS):
+            await asyncio.sleep(0)
         self.metrics.reload_success.set(1)
         self.metrics.reload_timestamp.set(time.time())
         logger.info("config reloaded origin=%s pairs=%d", config.origin, len(config.jobs))
         return None
+
+    def _reject(self, error: ConfigError) -> ConfigError:
+        self.metrics.reload_success.set(0)
+        problems = "; ".join(str(problem) for problem in error.problems)
+        logger.error("config reload rejected, keeping the running config: %s", problems)
+        return error
 
 
 STATE = web.AppKey("state", ExporterState)
@@ -342,7 +419,15 @@ def serve(config: Config, config_path: str | None, host: str, port: int) -> None
         len(config.jobs),
         config.origin,
     )
-    web.run_app(app, host=host, port=port, print=None, handle_signals=True, loop=_new_loop())
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        print=None,
+        handle_signals=True,
+        shutdown_timeout=SHUTDOWN_GRACE_S,
+        loop=_new_loop(),
+    )
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
