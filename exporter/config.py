@@ -490,8 +490,9 @@ def _check_yaml_bounds(text: str, loader_class: type[yaml.SafeLoader], origin: s
             elif isinstance(event, yaml.AliasEvent):
                 size = anchors.get(event.anchor) if event.anchor is not None else None
                 if size is None:
-                    message = f"alias *{event.anchor} does not follow a complete anchored node"
-                    raise _event_error(event, origin, message)
+                    inside = any(anchor == event.anchor for anchor, _ in open_collections)
+                    problem = "refers to a node that contains it" if inside else "has no anchor"
+                    raise _event_error(event, origin, f"alias *{event.anchor} {problem}")
                 nodes += size
                 alias_nodes += size
                 if alias_nodes > MAX_ALIAS_NODES:
