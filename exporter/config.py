@@ -273,6 +273,12 @@ class Config:
     jobs: tuple[Job, ...]
     warnings: tuple[str, ...] = ()
     skipped_flows: Mapping[str, str] = field(default_factory=dict)
+    # The jobs by key, built with the config (on the loader's thread for a reload), so that
+    # the scheduler and the store take it over on the event loop without building it there.
+    by_key: Mapping[tuple[str, str], Job] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_key", {job.key: job for job in self.jobs})
 
     @property
     def source(self) -> VantagePoint:

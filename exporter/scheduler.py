@@ -14,7 +14,7 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from exporter.config import Config, Job
 from exporter.result import Result
@@ -48,7 +48,7 @@ class Scheduler:
         self._sequence = 0
         self._wakeup = asyncio.Event()
         self._random = random.Random()  # noqa: S311 - jitter, not security
-        self._jobs: dict[JobKey, Job] = {}
+        self._jobs: Mapping[JobKey, Job] = {}
         self._config = config
         self._slots = asyncio.Semaphore(config.file.scheduler.concurrency)
         self.started = False
@@ -71,7 +71,7 @@ class Scheduler:
         if settings.per_host_concurrency != self._config.file.scheduler.per_host_concurrency:
             self._host_limits.clear()
         self._config = config
-        self._jobs = {job.key: job for job in config.jobs}
+        self._jobs = config.by_key
         self._metrics.pairs.set(len(self._jobs))
         now = asyncio.get_running_loop().time()
         for index, job in enumerate(config.jobs):

@@ -6,7 +6,7 @@ Everything runs on one event loop, so no locks are needed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from exporter.collector import History, iter_families, render_pair
@@ -54,16 +54,19 @@ class ResultStore:
 
     def retain(self, jobs: Iterable[Job], source: str) -> None:
         """After a reload: drop pairs no longer configured, re-label the rest."""
-        for _ in self.retain_in_steps(jobs, source, step=len(self._entries) + 1):
+        wanted = {job.key: job for job in jobs}
+        for _ in self.retain_in_steps(wanted, source, step=len(self._entries) + 1):
             pass
 
-    def retain_in_steps(self, jobs: Iterable[Job], source: str, step: int) -> Iterator[None]:
-        """`retain`, pausing after every `step` entries so an event loop can serve between.
+    def retain_in_steps(
+        self, wanted: Mapping[tuple[str, str], Job], source: str, step: int
+    ) -> Iterator[None]:
+        """`retain` given the jobs by key, pausing after every `step` entries so an event loop
+        can serve between.
 
         Each pause leaves a consistent store: an entry is either still the old pair or already
         the new one, and a scrape in between sees the old pairs not yet dropped.
         """
-        wanted = {job.key: job for job in jobs}
         relabel = source != self.source
         self.source = source
         for index, key in enumerate(list(self._entries)):

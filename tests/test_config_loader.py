@@ -208,7 +208,7 @@ def test_retain_in_steps_pauses_and_ends_like_retain() -> None:
     for store in (stepped, whole):
         for job in first.jobs:
             store.record(job, ok_result(), 1.0)
-    pauses = sum(1 for _ in stepped.retain_in_steps(second.jobs, "endpoint_server", step=3))
+    pauses = sum(1 for _ in stepped.retain_in_steps(second.by_key, "endpoint_server", step=3))
     whole.retain(second.jobs, "endpoint_server")
     assert pauses == 3
     assert stepped.render() == whole.render()
