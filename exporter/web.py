@@ -252,6 +252,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     for part in parts:
         if compressor is None:
             await response.write(part)
+            await asyncio.sleep(0)  # a write into a free socket buffer does not yield by itself
         else:
             await response.write(await loop.run_in_executor(None, compressor.compress, part))
     if compressor is not None:
