@@ -1,9 +1,11 @@
 """The YAML config: typed models, a loader that locates every error, and resolution into jobs.
 
-Loading has two stages. The file's structure is validated into `ConfigFile` (unknown keys
-rejected); then cross-field checks (known flow ids and roles, check settings against each
-check's own model) run. Every problem found is reported with file, line and field path, all at
-once, so that one `validate` run shows everything to fix.
+Loading has two stages, after the file has been read (a regular file only, never blocking, at
+most MAX_CONFIG_BYTES) and its YAML bounded in depth, aliases and size from the event stream.
+The file's structure is validated into `ConfigFile` (unknown keys rejected); then cross-field
+checks (known flow ids and roles, check settings against each check's own model, the number of
+pairs against `scheduler.max_pairs`) run. Every problem found is reported with file, line and
+field path, all at once, so that one `validate` run shows everything to fix.
 """
 
 from __future__ import annotations
