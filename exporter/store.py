@@ -73,9 +73,7 @@ class ResultStore:
             if index % step == step - 1:
                 yield
             job = wanted.get(key)
-            entry = self._entries.get(key)
-            if entry is None:
-                continue
+            entry = self._entries[key]  # only a retain deletes, and reloads run one at a time
             if job is None or job.check != entry.job.check:
                 del self._entries[key]
             elif relabel:

@@ -80,12 +80,13 @@ class _LoaderThread:
     """
 
     def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()  # set by the thread itself once its load has ended
+        self._idle.set()
 
     async def load(self, path: str | None) -> Config:
         """Load `path` on the thread; a load still running from a timed-out reload is refused."""
         origin = path or EMBEDDED_DEFAULT
-        if self._thread is not None and self._thread.is_alive():
+        if not self._idle.is_set():
             message = "the previous reload is still loading the file, past its deadline"
             raise ConfigError([ConfigProblem(origin, None, "", message)])
         loop = asyncio.get_running_loop()
@@ -111,11 +112,16 @@ class _LoaderThread:
             finally:
                 if collecting:
                     gc.enable()
+                self._idle.set()
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(settle, outcome)
 
-        self._thread = threading.Thread(target=work, name="config-reload", daemon=True)
-        self._thread.start()
+        self._idle.clear()
+        try:
+            threading.Thread(target=work, name="config-reload", daemon=True).start()
+        except BaseException:
+            self._idle.set()  # no thread started: the next reload must not wait for one
+            raise
         return await future
 
 
