@@ -41,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except ConfigError as exc:
-        print(f"invalid config:\n{exc}", file=sys.stderr)
+        separator = " " if len(exc.problems) == 1 else "\n"  # one problem, one line
+        print(f"invalid config:{separator}{exc}", file=sys.stderr)
         return EXIT_FAILED
     return code
 

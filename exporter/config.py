@@ -1,9 +1,11 @@
 """The YAML config: typed models, a loader that locates every error, and resolution into jobs.
 
-Loading has two stages. The file's structure is validated into `ConfigFile` (unknown keys
-rejected); then cross-field checks (known flow ids and roles, check settings against each
-check's own model) run. Every problem found is reported with file, line and field path, all at
-once, so that one `validate` run shows everything to fix.
+Loading has two stages, after the file has been read (a regular file only, never blocking, at
+most MAX_CONFIG_BYTES) and its YAML bounded in depth, aliases and size from the event stream.
+The file's structure is validated into `ConfigFile` (unknown keys rejected); then cross-field
+checks (known flow ids and roles, check settings against each check's own model, the number of
+pairs against `scheduler.max_pairs`) run. Every problem found is reported with file, line and
+field path, all at once, so that one `validate` run shows everything to fix.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from exporter.catalogue import FLOWS, FLOWS_BY_ID, Flow, Role, Transport, Vantag
 from exporter.checks import CHECKS, AnyCheckSpec, CheckSettings, Target
 from exporter.checks.net import dns_name_problem
 from exporter.errors import ConfigError, ConfigProblem
+from exporter.files import FileRefused, read_regular_file
 from exporter.probe_policy import AllowPattern, parse_allow_pattern
 from exporter.secrets import unreadable_secrets
 
@@ -41,6 +44,26 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Checks that exist in the catalogue but not yet in this build: TLS-protocol ports fall back to
 # a TLS handshake, other TCP ports to a connect, and the `check` label says which ran.
 _TLS_FALLBACK = frozenset({"ldaps", "vsphere"})
+
+# Bounds that keep a hostile or mistaken file from hanging or exhausting the process. A config
+# of 200,000 pairs written one extra flow per line is about 12 MB, so the size cap leaves room;
+# everything above it is refused after reading at most MAX_CONFIG_BYTES + 1 bytes.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+# The deepest legitimate config is about six levels (extra_flows[0].headers.name); libyaml's
+# own limit is 1,000 and the pure-Python composer recurses once per level, so the cap sits
+# far below both.
+MAX_YAML_DEPTH = 64
+# Nodes of the document with every alias expanded: what the line map and pydantic would walk.
+# 100,000 pairs take 100,000 nodes as target lists, 700,000 as one-line extra flows.
+MAX_YAML_NODES = 2_000_000
+# Of those, how many aliases may add in all. Sharing a list of 1,000 targets among 20 flows
+# costs 20,000; a billion-laughs file is refused after its first few hundred events.
+MAX_ALIAS_NODES = 100_000
+# Default of scheduler.max_pairs: resolved (flow, target) pairs, counted before jobs are built.
+DEFAULT_MAX_PAIRS = 200_000
+# A syntax error is re-worded by the pure-Python parser only in files up to this size: its
+# messages are the same on every platform, but it is about 20 times slower than libyaml.
+_PURE_PYTHON_ERROR_BYTES = 1024 * 1024
 
 
 def parse_duration(value: object) -> float:
@@ -162,6 +185,7 @@ class SchedulerSettings(StrictModel):
     startup_spread: Duration = 10.0
     jitter: float = Field(default=0.05, ge=0.0, le=0.5)
     max_hosts_per_network: int = Field(default=4096, ge=1, le=1 << 20)
+    max_pairs: int = Field(default=DEFAULT_MAX_PAIRS, ge=1, le=10_000_000)
 
 
 def _allow_pattern(value: object) -> AllowPattern:
@@ -239,7 +263,12 @@ class ConfigFile(StrictModel):
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One (flow, target) pair the exporter checks."""
+    """One (flow, target) pair the exporter checks.
+
+    `key` and `spread_fraction` are computed once, when the job is built (on the loader's
+    thread for a reload), so that applying a config of 100,000 pairs on the event loop is
+    dictionary work only.
+    """
 
     flow_id: str
     check: str
@@ -249,17 +278,16 @@ class Job:
     interval: float
     timeout: float
     catalogue_flow: Flow | None = None
+    # Identity of the pair across reloads.
+    key: tuple[str, str] = field(init=False, repr=False, compare=False)
+    # A stable number in [0, 1) that places this job's first run in the start-up spread.
+    spread_fraction: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[str, str]:
-        """Identity of the pair across reloads."""
-        return (self.flow_id, str(self.target))
-
-    @property
-    def spread_fraction(self) -> float:
-        """A stable number in [0, 1) that places this job's first run in the start-up spread."""
-        digest = hashlib.blake2b(f"{self.flow_id}|{self.target}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") / 2**64
+    def __post_init__(self) -> None:
+        target = str(self.target)
+        digest = hashlib.blake2b(f"{self.flow_id}|{target}".encode(), digest_size=8).digest()
+        object.__setattr__(self, "key", (self.flow_id, target))
+        object.__setattr__(self, "spread_fraction", int.from_bytes(digest, "big") / 2**64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +340,12 @@ class Config:
     warnings: tuple[str, ...] = ()
     skipped_flows: Mapping[str, str] = field(default_factory=dict)
     templates: Mapping[str, FlowTemplate] = field(default_factory=dict)
+    # The jobs by key, built with the config (on the loader's thread for a reload), so that
+    # the scheduler and the store take it over on the event loop without building it there.
+    by_key: Mapping[tuple[str, str], Job] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_key", {job.key: job for job in self.jobs})
 
     @property
     def source(self) -> VantagePoint:
@@ -349,14 +383,42 @@ def default_config_text() -> str:
 
 
 def load_config(path: str | Path | None) -> Config:
-    """Load and resolve a config file, or the embedded default when `path` is None."""
+    """Load and resolve a config file, or the embedded default when `path` is None.
+
+    Whatever the file holds, this returns or raises `ConfigError` within bounded time and
+    memory: the read never blocks, and the YAML is bounded before anything is built from it.
+    """
     if path is None:
         return parse_config(default_config_text(), EMBEDDED_DEFAULT)
+    origin = str(path)
+    text = read_config_text(origin)
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(str(path), None, "", exc.strerror or str(exc))]) from exc
-    return parse_config(_decode_utf8(data, str(path)), str(path))
+        return parse_config(text, origin)
+    except (RecursionError, MemoryError) as exc:
+        # Last resort: the caps above should make these unreachable. `from None`: a traceback
+        # of either would be thousands of lines and says nothing an operator can act on.
+        what = "too deeply nested" if isinstance(exc, RecursionError) else "too large"
+        problem = ConfigProblem(origin, None, "", f"the document is {what} to load")
+        raise ConfigError([problem]) from None
+
+
+def read_config_text(path: str, max_bytes: int = MAX_CONFIG_BYTES, what: str = "config") -> str:
+    """A config-like file's text: a regular file, read without blocking, bounded, UTF-8."""
+    try:
+        _, data = read_regular_file(path, max_bytes, what)
+    except FileRefused as exc:
+        raise ConfigError([ConfigProblem(path, None, "", str(exc))]) from None
+    return _decode_utf8(data, path)
+
+
+def parse_yaml(text: str, origin: str) -> tuple[Any, _LineMap]:
+    """The data of a YAML text, bounded before anything is built, with its line numbers."""
+    try:
+        node, raw = _load_yaml(text, origin)
+    except yaml.YAMLError as exc:
+        # `from None`: the error's marks hold the whole text, and a snippet of it in their repr.
+        raise ConfigError([_yaml_problem(exc, text, origin)]) from None
+    return raw, _LineMap(node, origin)
 
 
 def _decode_utf8(data: bytes, origin: str) -> str:
@@ -376,13 +438,10 @@ def _decode_utf8(data: bytes, origin: str) -> str:
 
 def parse_config(text: str, origin: str) -> Config:
     """Validate YAML text into a `Config`; raise `ConfigError` listing every problem."""
-    try:
-        node, raw = _load_yaml(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([_yaml_problem(exc, origin)]) from exc
-    lines = _LineMap(node, origin)
+    raw, lines = parse_yaml(text, origin)
     if raw is None:
-        raw = {}
+        message = "the file is empty (or holds only comments); a config needs at least one setting"
+        raise ConfigError([ConfigProblem(origin, 1, "", message)])
     if not isinstance(raw, dict):
         raise ConfigError([ConfigProblem(origin, 1, "", "the top level must be a mapping")])
     problems = list(lines.duplicates)
@@ -390,7 +449,8 @@ def parse_config(text: str, origin: str) -> Config:
         config_file = ConfigFile.model_validate(raw)
     except ValidationError as exc:
         problems.extend(_pydantic_problems(exc, lines, ()))
-        raise ConfigError(problems) from exc
+        # `from None`: a ValidationError quotes every rejected input, inline secrets included.
+        raise ConfigError(problems) from None
     resolver = _Resolver(config_file, lines)
     jobs = resolver.resolve()
     problems.extend(resolver.problems)
@@ -411,21 +471,25 @@ def parse_config(text: str, origin: str) -> Config:
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _load_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+def _load_yaml(text: str, origin: str) -> tuple[yaml.Node | None, Any]:
     """Parse once: the node tree (for line numbers) and the plain data built from it.
 
     A syntax error is reported by the pure-Python parser, whose messages are the same on
-    every platform (libyaml words them differently).
+    every platform (libyaml words them differently), as long as the file is small enough for
+    it to be quick.
     """
     try:
-        return _parse_yaml(text, _SafeLoader)
+        return _parse_yaml(text, _SafeLoader, origin)
     except yaml.YAMLError:
-        if _SafeLoader is yaml.SafeLoader:
+        if _SafeLoader is yaml.SafeLoader or len(text) > _PURE_PYTHON_ERROR_BYTES:
             raise
-        return _parse_yaml(text, yaml.SafeLoader)
+        return _parse_yaml(text, yaml.SafeLoader, origin)
 
 
-def _parse_yaml(text: str, loader_class: type[yaml.SafeLoader]) -> tuple[yaml.Node | None, Any]:
+def _parse_yaml(
+    text: str, loader_class: type[yaml.SafeLoader], origin: str
+) -> tuple[yaml.Node | None, Any]:
+    _check_yaml_bounds(text, loader_class, origin)
     loader = loader_class(text)
     try:
         node = loader.get_single_node()
@@ -433,6 +497,65 @@ def _parse_yaml(text: str, loader_class: type[yaml.SafeLoader]) -> tuple[yaml.No
     finally:
         loader.dispose()
     return node, data
+
+
+def _check_yaml_bounds(text: str, loader_class: type[yaml.SafeLoader], origin: str) -> None:
+    """Refuse deep nesting and alias bombs from the event stream, before any node is built.
+
+    The event parser is a state machine in both libyaml and PyYAML, so this pass holds only the
+    open collections and one size per anchor, whatever the file. The composer and the line map
+    recurse once per level, and both they and pydantic walk every alias as a full copy; so
+    aliases are allowed (they are a fair way to share a target list) but each counts for the
+    nodes it stands for, known once its anchored node ends. What aliases add in all must stay
+    under MAX_ALIAS_NODES, a fixed amount whatever the file's size, rather than a multiple of
+    it; and the whole expanded document under MAX_YAML_NODES.
+    """
+    loader = loader_class(text)
+    anchors: dict[str, int] = {}  # anchor -> nodes it expands to
+    open_collections: list[tuple[str | None, int]] = []  # (anchor, node count at its start)
+    nodes = 0
+    alias_nodes = 0
+    try:
+        while loader.check_event():
+            event: yaml.Event = loader.get_event()  # type: ignore[no-untyped-call]  # stub
+            if isinstance(event, yaml.ScalarEvent):
+                nodes += 1
+                if event.anchor is not None:
+                    anchors[event.anchor] = 1
+            elif isinstance(event, yaml.CollectionStartEvent):
+                nodes += 1
+                open_collections.append((event.anchor, nodes))
+                if len(open_collections) > MAX_YAML_DEPTH:
+                    message = f"nested deeper than {MAX_YAML_DEPTH} levels"
+                    raise _event_error(event, origin, message)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                anchor, start = open_collections.pop()
+                if anchor is not None:
+                    anchors[anchor] = nodes - start + 1
+            elif isinstance(event, yaml.AliasEvent):
+                size = anchors.get(event.anchor) if event.anchor is not None else None
+                if size is None:
+                    inside = any(anchor == event.anchor for anchor, _ in open_collections)
+                    problem = "refers to a node that contains it" if inside else "has no anchor"
+                    raise _event_error(event, origin, f"alias *{event.anchor} {problem}")
+                nodes += size
+                alias_nodes += size
+                if alias_nodes > MAX_ALIAS_NODES:
+                    message = (
+                        f"aliases repeat more than {MAX_ALIAS_NODES} nodes in all "
+                        "(each alias counts for every node of its anchor)"
+                    )
+                    raise _event_error(event, origin, message)
+            if nodes > MAX_YAML_NODES:
+                message = f"the document has more than {MAX_YAML_NODES} nodes"
+                raise _event_error(event, origin, message)
+    finally:
+        loader.dispose()
+
+
+def _event_error(event: yaml.Event, origin: str, message: str) -> ConfigError:
+    line = event.start_mark.line + 1 if event.start_mark is not None else None
+    return ConfigError([ConfigProblem(origin, line, "", message)])
 
 
 class _LineMap:
@@ -488,7 +611,11 @@ def format_path(path: Iterable[str | int]) -> str:
     return text
 
 
-def _yaml_problem(exc: yaml.YAMLError, origin: str) -> ConfigProblem:
+def _yaml_problem(exc: yaml.YAMLError, text: str, origin: str) -> ConfigProblem:
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML forbids, such as NUL
+        where = text.count("\n", 0, exc.position) + 1
+        message = f"YAML syntax error: {exc.reason} #x{exc.character:04x} at offset {exc.position}"
+        return ConfigProblem(origin, where, "", message)
     mark = getattr(exc, "problem_mark", None)
     line = mark.line + 1 if mark is not None else None
     problem = getattr(exc, "problem", None) or str(exc)
@@ -528,6 +655,8 @@ class _Resolver:
         self.warnings: list[str] = []
         self.skipped: dict[str, str] = {}
         self.templates: dict[str, FlowTemplate] = {}
+        self.pairs = 0  # counted before each flow's jobs are built
+        self.over_limit_at: tuple[str | int, ...] | None = None
 
     def resolve(self) -> list[Job]:
         jobs: list[Job] = []
@@ -555,6 +684,15 @@ class _Resolver:
             seen_ids.add(extra.id)
             jobs.extend(self._extra_jobs(extra, path))
         self._check_probe_modules(seen_ids)
+        if self.over_limit_at is not None:
+            limit = self.config.scheduler.max_pairs
+            self.problems.append(
+                self.lines.problem(
+                    self.over_limit_at,
+                    f"the config resolves to {self.pairs} (flow, target) pairs, more than "
+                    f"scheduler.max_pairs ({limit}); this flow crosses the limit",
+                )
+            )
         return jobs
 
     def _check_probe_modules(self, extra_ids: set[str]) -> None:
@@ -705,6 +843,11 @@ class _Resolver:
             flow_id, check, spec, settings, port, interval, timeout, flow, tuple(endpoints)
         )
         self.templates[flow_id] = template
+        self.pairs += sum(_pair_count(endpoint, self.config.scheduler) for endpoint in endpoints)
+        if self.pairs > self.config.scheduler.max_pairs:
+            # Counted, never built: a small file of large networks must not cost minutes.
+            self.over_limit_at = self.over_limit_at or path
+            return []
         return [template.job(target) for target in self._targets(template, path)]
 
     def _targets(self, template: FlowTemplate, path: tuple[str | int, ...]) -> Iterator[Target]:
@@ -722,3 +865,15 @@ class _Resolver:
                 continue  # reported once by _check_network_sizes
             for address in endpoint.network.hosts():
                 yield Target(str(address), target.port)
+
+
+def _pair_count(endpoint: Endpoint, scheduler: SchedulerSettings) -> int:
+    """Pairs an endpoint yields, by arithmetic: what `network.hosts()` would give."""
+    network = endpoint.network
+    if network is None:
+        return 1
+    if network.num_addresses > scheduler.max_hosts_per_network:
+        return 0  # reported once by _check_network_sizes
+    if network.num_addresses <= 2:  # /31, /32, /127, /128: every address is a host
+        return network.num_addresses
+    return network.num_addresses - (2 if network.version == 4 else 1)

@@ -14,6 +14,7 @@ import heapq
 import logging
 import random
 import time
+from collections.abc import Iterator, Mapping
 
 from exporter.config import Config, Job
 from exporter.result import Result
@@ -47,7 +48,7 @@ class Scheduler:
         self._sequence = 0
         self._wakeup = asyncio.Event()
         self._random = random.Random()  # noqa: S311 - jitter, not security
-        self._jobs: dict[JobKey, Job] = {}
+        self._jobs: Mapping[JobKey, Job] = {}
         self._config = config
         self._slots = asyncio.Semaphore(config.file.scheduler.concurrency)
         self.started = False
@@ -55,19 +56,31 @@ class Scheduler:
 
     def replace_config(self, config: Config) -> None:
         """Swap in a new config: known pairs keep their schedule, new ones are spread in."""
+        for _ in self.replace_config_in_steps(config, step=len(config.jobs) + 1):
+            pass
+
+    def replace_config_in_steps(self, config: Config, step: int) -> Iterator[None]:
+        """`replace_config`, pausing after every `step` pairs so an event loop can serve between.
+
+        The new set of pairs takes effect before the first pause (a removed pair is never run
+        or recorded again); only the queueing of new pairs is spread over the pauses.
+        """
         settings = config.file.scheduler
         if settings.concurrency != self._config.file.scheduler.concurrency:
             self._slots = asyncio.Semaphore(settings.concurrency)
         if settings.per_host_concurrency != self._config.file.scheduler.per_host_concurrency:
             self._host_limits.clear()
         self._config = config
-        self._jobs = {job.key: job for job in config.jobs}
+        self._jobs = config.by_key
+        self._metrics.pairs.set(len(self._jobs))
         now = asyncio.get_running_loop().time()
-        for job in config.jobs:
+        for index, job in enumerate(config.jobs):
+            if index % step == step - 1:
+                self._wakeup.set()
+                yield
             if job.key not in self._queued:
                 first = now + job.spread_fraction * min(job.interval, settings.startup_spread)
                 self._push(first, job.key)
-        self._metrics.pairs.set(len(self._jobs))
         self._wakeup.set()
 
     async def run(self) -> None:

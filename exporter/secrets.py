@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import os
-import stat
 import threading
 import typing
 from collections.abc import Iterator, Mapping
@@ -27,6 +26,7 @@ from typing import Annotated, Final
 from pydantic import BaseModel, PlainValidator
 
 from exporter.errors import CredentialError
+from exporter.files import FileRefused, read_regular_file
 
 REDACTED: Final = "<redacted>"
 MAX_SECRET_FILE_BYTES: Final = 64 * 1024  # a credential, not a document: larger is a mistake
@@ -99,33 +99,11 @@ def _version(info: os.stat_result) -> tuple[int, int, int]:
 
 
 def _read_small_file(path: Path) -> tuple[tuple[int, int, int], str]:
-    """The file's version and text without its final line break; errors never carry content.
-
-    Opened without blocking and checked on the open descriptor, so that a FIFO or a device put
-    in the file's place can neither hang the exporter nor feed it without end.
-    """
+    """The file's version and text without its final line break; errors never carry content."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise CredentialError(f"cannot read secret file {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise CredentialError(f"secret file {path} is not a regular file")
-        data = bytearray()
-        while len(data) <= MAX_SECRET_FILE_BYTES:  # at most one byte past the cap is read
-            chunk = os.read(descriptor, MAX_SECRET_FILE_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except OSError as exc:
-        raise CredentialError(f"cannot read secret file {path}: {exc.strerror}") from None
-    finally:
-        os.close(descriptor)
-    if len(data) > MAX_SECRET_FILE_BYTES:
-        raise CredentialError(
-            f"secret file {path} is larger than {MAX_SECRET_FILE_BYTES // 1024} KiB"
-        )
+        info, data = read_regular_file(path, MAX_SECRET_FILE_BYTES, "secret file")
+    except FileRefused as exc:
+        raise CredentialError(f"cannot read secret file {path}: {exc}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

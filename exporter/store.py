@@ -6,7 +6,7 @@ Everything runs on one event loop, so no locks are needed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from exporter.collector import History, iter_families, render_pair
@@ -55,19 +55,35 @@ class ResultStore:
     def retain(self, jobs: Iterable[Job], source: str) -> None:
         """After a reload: drop pairs no longer configured, re-label the rest."""
         wanted = {job.key: job for job in jobs}
+        for _ in self.retain_in_steps(wanted, source, step=len(self._entries) + 1):
+            pass
+
+    def retain_in_steps(
+        self, wanted: Mapping[tuple[str, str], Job], source: str, step: int
+    ) -> Iterator[None]:
+        """`retain` given the jobs by key, pausing after every `step` entries so an event loop
+        can serve between.
+
+        Each pause leaves a consistent store: an entry is either still the old pair or already
+        the new one, and a scrape in between sees the old pairs not yet dropped.
+        """
         relabel = source != self.source
         self.source = source
-        for key in list(self._entries):
+        for index, key in enumerate(list(self._entries)):
+            if index % step == step - 1:
+                yield
             job = wanted.get(key)
-            entry = self._entries[key]
+            entry = self._entries[key]  # only a retain deletes, and reloads run one at a time
             if job is None or job.check != entry.job.check:
                 del self._entries[key]
-            elif relabel or job is not entry.job:
+            elif relabel:
                 entry.job = job
                 entry.labels = self.labels(job)
                 entry.chunks = render_pair(
                     entry.labels, entry.result, entry.finished_at, entry.history
                 )
+            else:  # same key and check: same labels, so the rendered lines stand
+                entry.job = job
 
     def entries(self) -> Iterator[Entry]:
         """All cached entries, in insertion order."""

@@ -13,27 +13,24 @@ does.
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
-import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import AfterValidator, Field, ValidationError
 
 from exporter.config import (
     StrictModel,
-    _decode_utf8,
     _LineMap,
-    _load_yaml,
     _pydantic_problems,
-    _yaml_problem,
+    parse_yaml,
+    read_config_text,
 )
 from exporter.errors import ConfigError, ConfigProblem
+from exporter.files import FileRefused, read_regular_file
 
 MAX_FILE_BYTES = 1 << 20  # a web config is a few lines; anything near this size is a mistake
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
@@ -164,13 +161,8 @@ class WebConfig:
 def load_web_config(path: str | Path) -> WebConfig:
     """Read, validate and apply a web config file; `ConfigError` names file, line and key."""
     origin = str(path)
-    data = _read_regular_file(Path(path))
-    text = _decode_utf8(data, origin)
-    try:
-        node, raw = _load_yaml(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([_yaml_problem(exc, origin)]) from exc
-    lines = _LineMap(node, origin)
+    text = read_config_text(origin, MAX_FILE_BYTES, "web config")
+    raw, lines = parse_yaml(text, origin)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -180,7 +172,8 @@ def load_web_config(path: str | Path) -> WebConfig:
         parsed = WebConfigFile.model_validate(raw)
     except ValidationError as exc:
         problems.extend(_pydantic_problems(exc, lines, ()))
-        raise ConfigError(problems) from exc
+        # `from None`: a ValidationError quotes every rejected input, inline secrets included.
+        raise ConfigError(problems) from None
     problems.extend(_semantic_problems(parsed, lines))
     if problems:
         raise ConfigError(problems)
@@ -195,23 +188,6 @@ def load_web_config(path: str | Path) -> WebConfig:
         users={user: hashed.encode() for user, hashed in parsed.basic_auth_users.items()},
         headers=dict(parsed.http_server_config.headers),
     )
-
-
-def _read_regular_file(path: Path) -> bytes:
-    """Read the file without blocking on a FIFO or device, and only up to a sane size."""
-    origin = str(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(origin, None, "", exc.strerror or str(exc))]) from exc
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError([ConfigProblem(origin, None, "", "not a regular file")])
-        if info.st_size > MAX_FILE_BYTES:
-            message = f"larger than {MAX_FILE_BYTES} bytes, which no web config needs"
-            raise ConfigError([ConfigProblem(origin, None, "", message)])
-        return handle.read(MAX_FILE_BYTES + 1)
 
 
 def _tls_enabled(tls: TlsServerConfig) -> bool:
@@ -355,16 +331,11 @@ def _resolve(directory: Path, name: str) -> Path:
 
 
 def _unreadable(path: Path, key: tuple[str | int, ...], lines: _LineMap) -> ConfigProblem | None:
-    """A located problem when `path` cannot be read (missing, a directory, no permission)."""
+    """A located problem when `path` cannot be read (missing, a directory, a FIFO, too large)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        return lines.problem(key, f"cannot read {path}: {exc.strerror or exc}")
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return lines.problem(key, f"cannot read {path}: not a regular file")
-    finally:
-        os.close(fd)
+        read_regular_file(path, MAX_FILE_BYTES, "TLS file")
+    except FileRefused as exc:
+        return lines.problem(key, f"cannot read {path}: {exc}")
     return None
 
 

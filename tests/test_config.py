@@ -89,6 +89,23 @@ INVALID_CASES: dict[str, list[tuple[int, str, str]]] = {
         (4, "targets.ibm_hmc[1]", "'hmc2.corp.example:\u0662\u0662': port must be a number"),
         (6, "targets.endpoint_networks[0]", "'10.0.0.1:\u00b2': port must be a number from 1"),
     ],
+    "invalid-alias-bomb.yaml": [
+        (7, "", "aliases repeat more than 100000 nodes in all (each alias counts for every node")
+    ],
+    "invalid-alias-cycle.yaml": [(3, "", "alias *loop refers to a node that contains it")],
+    "invalid-deep-nesting.yaml": [(3, "", "nested deeper than 64 levels")],
+    "invalid-empty.yaml": [(1, "", "the file is empty (or holds only comments)")],
+    "invalid-not-utf8.yaml": [(2, "", "not UTF-8: byte 0xe9 at offset 29")],
+    "invalid-nul-byte.yaml": [
+        (2, "", "YAML syntax error: special characters are not allowed #x0000 at offset 24")
+    ],
+    "invalid-too-many-pairs.yaml": [
+        (
+            5,
+            "extra_flows[1]",
+            "the config resolves to 763 (flow, target) pairs, more than scheduler.max_pairs (500)",
+        )
+    ],
 }
 
 

@@ -85,12 +85,16 @@ def test_unusable_secret_files_never_block_nor_show_content(tmp_path: Path) -> N
     """A FIFO, a device, a directory, an oversized or a non-UTF-8 file: refused, bytes unshown."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    for unusable in (fifo, Path("/dev/zero"), tmp_path):
-        with pytest.raises(CredentialError, match="is not a regular file"):
+    for unusable, kind in (
+        (fifo, r"a FIFO \(named pipe\)"),
+        (Path("/dev/zero"), "a character device"),
+        (tmp_path, "a directory"),
+    ):
+        with pytest.raises(CredentialError, match=f"is {kind}; the secret file must be a regular"):
             SecretRef(file=unusable).reveal()
     big = tmp_path / "big"
     big.write_bytes(b"x" * (64 * 1024 + 1))
-    with pytest.raises(CredentialError, match="larger than 64 KiB"):
+    with pytest.raises(CredentialError, match="over the 64 KiB limit for a secret file"):
         SecretRef(file=big).reveal()
     latin1 = tmp_path / "latin1"
     latin1.write_bytes(INLINE_HEADER.encode() + b"\xe9")

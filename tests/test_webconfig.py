@@ -296,7 +296,10 @@ def test_a_fifo_as_web_config_is_refused_without_blocking(tmp_path: Path) -> Non
     """A FIFO at the path is named as not a regular file instead of hanging start-up."""
     fifo = tmp_path / "web.yml"
     os.mkfifo(fifo)
-    assert only_problem(fifo) == f"{fifo}: not a regular file"
+    assert (
+        only_problem(fifo)
+        == f"{fifo}: is a FIFO (named pipe); the web config must be a regular file"
+    )
 
 
 def header(user: str, password: str | bytes) -> str:
