@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 10163
 GZIP_LEVEL = 1  # scrapes are large and repetitive: the fastest level already shrinks them ~10x
+# A part (1,000 pairs, a few MB) is compressed in pieces of this size, so that the client never
+# waits for a whole part's compression, nor for the interpreter lock that long.
+GZIP_PIECE_BYTES = 256 * 1024
 PROBE_TIMEOUT_OFFSET = 0.5  # seconds kept back from Prometheus's scrape timeout, as blackbox does
 # Descriptors beyond the check slots: listening sockets, scrape and probe request connections,
 # the event loop, log files and resolver threads.
@@ -269,7 +272,10 @@ async def metrics(request: web.Request) -> web.StreamResponse:
             await response.write(part)
             await asyncio.sleep(0)  # a write into a free socket buffer does not yield by itself
         else:
-            await response.write(await loop.run_in_executor(None, compressor.compress, part))
+            view = memoryview(part)
+            for start in range(0, len(view), GZIP_PIECE_BYTES):
+                piece = view[start : start + GZIP_PIECE_BYTES]
+                await response.write(await loop.run_in_executor(None, compressor.compress, piece))
     if compressor is not None:
         await response.write(compressor.flush())
     await response.write_eof()
