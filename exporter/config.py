@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import idna
 import yaml
@@ -436,21 +436,35 @@ def _decode_utf8(data: bytes, origin: str) -> str:
     raise ConfigError([ConfigProblem(origin, line, "", message)])
 
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validate_document(
+    model: type[ModelT], raw: object, lines: _LineMap
+) -> tuple[ModelT, list[ConfigProblem]]:
+    """A parsed document's top level validated as `model`, and its duplicate keys as problems.
+
+    Raises `ConfigError` listing every problem the model finds, located by `lines`. The error is
+    raised outside the `except`, so it chains nothing: a `ValidationError` quotes every input it
+    refused, inline secrets included.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigProblem(lines.origin, 1, "", "the top level must be a mapping")])
+    problems = list(lines.duplicates)
+    try:
+        return model.model_validate(raw), problems
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, lines, ()))
+    raise ConfigError(problems)
+
+
 def parse_config(text: str, origin: str) -> Config:
     """Validate YAML text into a `Config`; raise `ConfigError` listing every problem."""
     raw, lines = parse_yaml(text, origin)
     if raw is None:
         message = "the file is empty (or holds only comments); a config needs at least one setting"
         raise ConfigError([ConfigProblem(origin, 1, "", message)])
-    if not isinstance(raw, dict):
-        raise ConfigError([ConfigProblem(origin, 1, "", "the top level must be a mapping")])
-    problems = list(lines.duplicates)
-    try:
-        config_file = ConfigFile.model_validate(raw)
-    except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, lines, ()))
-        # `from None`: a ValidationError quotes every rejected input, inline secrets included.
-        raise ConfigError(problems) from None
+    config_file, problems = validate_document(ConfigFile, raw, lines)
     resolver = _Resolver(config_file, lines)
     jobs = resolver.resolve()
     problems.extend(resolver.problems)

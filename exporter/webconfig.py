@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, Field
 
 from exporter.config import (
     StrictModel,
     _LineMap,
-    _pydantic_problems,
     parse_yaml,
     read_config_text,
+    validate_document,
 )
 from exporter.errors import ConfigError, ConfigProblem
 from exporter.files import FileRefused, read_regular_file
@@ -165,15 +165,7 @@ def load_web_config(path: str | Path) -> WebConfig:
     raw, lines = parse_yaml(text, origin)
     if raw is None:
         raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError([ConfigProblem(origin, 1, "", "the top level must be a mapping")])
-    problems = list(lines.duplicates)
-    try:
-        parsed = WebConfigFile.model_validate(raw)
-    except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, lines, ()))
-        # `from None`: a ValidationError quotes every rejected input, inline secrets included.
-        raise ConfigError(problems) from None
+    parsed, problems = validate_document(WebConfigFile, raw, lines)
     problems.extend(_semantic_problems(parsed, lines))
     if problems:
         raise ConfigError(problems)
