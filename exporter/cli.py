@@ -20,7 +20,7 @@ from rich.table import Table
 from exporter import __version__
 from exporter.catalogue import FLOWS
 from exporter.config import Config, Job, effective_check, load_config, parse_endpoint
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, ConfigProblem
 from exporter.report import FlowReport, print_table, to_json, to_junit
 from exporter.runner import run_check
 from exporter.web import DEFAULT_PORT, serve
@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
         "validate", help="validate a config file and list every problem"
     )
     validate_cmd.add_argument("file")
+    validate_cmd.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="also validate this exporter-toolkit web config (TLS files, users, headers)",
+    )
     validate_cmd.set_defaults(handler=_validate)
 
     catalogue_cmd = commands.add_parser(
@@ -185,12 +191,27 @@ async def _run_once(config: Config, jobs: list[Job], *, show_progress: bool) -> 
 
 
 def _validate(args: argparse.Namespace) -> int:
-    config = load_config(args.file)
+    """Both files are checked before anything is reported, so one run lists every problem."""
+    problems: list[ConfigProblem] = []
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        problems += exc.problems
+    if args.web_config_file:
+        try:
+            web_config = load_web_config(args.web_config_file)
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(
         f"{args.file}: valid, source {config.source.value}, {len(config.jobs)} (flow, target) pairs"
     )
+    if args.web_config_file:
+        tls = "on" if web_config.ssl_context is not None else "off"
+        print(f"{args.web_config_file}: valid, TLS {tls}, {len(web_config.users)} basic auth users")
     return EXIT_OK
 
 

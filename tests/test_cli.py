@@ -8,9 +8,11 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import bcrypt
 import pytest
 
 from tests.peers.nginx import Nginx
+from tests.peers.pki import Pki
 from tests.peers.ports import free_tcp_port
 from tests.peers.sshd import Sshd
 
@@ -138,6 +140,36 @@ def test_validate_reports_bad_targets_with_line() -> None:
         "'10.0.0.1:\u00b2': port must be a number from 1 to 65535",
     ]
     assert "Traceback" not in label.stderr + digits.stderr
+
+
+def test_validate_lists_the_problems_of_both_files_at_once() -> None:
+    """With --web.config.file, validate reports the config's and the web config's problems."""
+    run = cli(
+        "validate",
+        str(TESTDATA / "invalid-typo-field.yaml"),
+        "--web.config.file",
+        str(TESTDATA / "web" / "invalid-unknown-key.yml"),
+    )
+    assert run.returncode == 1
+    located = [line.split(": ")[0:2] for line in run.stderr.splitlines()[1:]]
+    assert located == [
+        [f"{TESTDATA / 'invalid-typo-field.yaml'}:3", "defaults.intervall"],
+        [f"{TESTDATA / 'web' / 'invalid-unknown-key.yml'}:4", "tls_server_config.min_versoin"],
+    ]
+
+
+def test_validate_accepts_a_web_config_and_says_what_it_turns_on(pki: Pki, tmp_path: Path) -> None:
+    """A valid web config is loaded as serve would load it: TLS on, users counted."""
+    web = tmp_path / "web.yml"
+    hashed = bcrypt.hashpw(b"scrape", bcrypt.gensalt(4)).decode()
+    web.write_text(
+        f"tls_server_config: {{cert_file: {pki.valid.cert}, key_file: {pki.valid.key}}}\n"
+        f"basic_auth_users: {{prometheus: '{hashed}'}}\n"
+    )
+    example = Path(__file__).parent.parent / "config" / "example.yaml"
+    run = cli("validate", str(example), "--web.config.file", str(web))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[1] == f"{web}: valid, TLS on, 1 basic auth users"
 
 
 def test_validate_accepts_the_example_config() -> None:
