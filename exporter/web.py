@@ -17,8 +17,9 @@ import signal
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -41,7 +42,7 @@ from exporter.runner import RunOutcome, run_check
 from exporter.scheduler import Scheduler
 from exporter.selfmetrics import ExporterMetrics
 from exporter.store import ResultStore
-from exporter.webauth import exposure_warnings, secure_app
+from exporter.webauth import BasicAuth, WebSecurity, exposure_warnings, secure_app
 from exporter.webconfig import WebConfig
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ APPLY_STEP_PAIRS = 5_000
 SHUTDOWN_GRACE_S = 5.0
 
 
+LoadedT = TypeVar("LoadedT")
+
+
 class _LoaderThread:
     """Loads config files for reloads, one at a time, on a daemon thread of its own.
 
@@ -90,16 +94,15 @@ class _LoaderThread:
         self._idle = threading.Event()  # set by the thread itself once its load has ended
         self._idle.set()
 
-    async def load(self, path: str | None) -> Config:
-        """Load `path` on the thread; a load still running from a timed-out reload is refused."""
-        origin = path or EMBEDDED_DEFAULT
+    async def load(self, origin: str, load: Callable[[], LoadedT]) -> LoadedT:
+        """Run `load` on the thread; a load still running from a timed-out reload is refused."""
         if not self._idle.is_set():
             message = "the previous reload is still loading the file, past its deadline"
             raise ConfigError([ConfigProblem(origin, None, "", message)])
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Config] = loop.create_future()
+        future: asyncio.Future[LoadedT] = loop.create_future()
 
-        def settle(outcome: Config | Exception) -> None:
+        def settle(outcome: LoadedT | Exception) -> None:
             if future.done():  # the reload gave up at its deadline
                 return
             if isinstance(outcome, Exception):
@@ -108,11 +111,11 @@ class _LoaderThread:
                 future.set_result(outcome)
 
         def work() -> None:
-            outcome: Config | Exception
+            outcome: LoadedT | Exception
             collecting = gc.isenabled()
             gc.disable()  # see the class docstring
             try:
-                outcome = load_config(path)
+                outcome = load()
                 gc.freeze()
             except Exception as exc:  # noqa: BLE001 - handed to the awaiting reload, which reports it
                 outcome = exc
@@ -145,6 +148,7 @@ class ExporterState:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     probes_running: int = 0
     loader: _LoaderThread = field(default_factory=_LoaderThread)
+    web: WebSecurity | None = None  # set when serving with a web config, which reloads too
     reloads: set[asyncio.Task[ConfigError | None]] = field(default_factory=set)
 
     async def reload(self) -> ConfigError | None:
@@ -159,7 +163,9 @@ class ExporterState:
         logger.info("config reload started origin=%s", origin)
         try:
             async with asyncio.timeout(RELOAD_DEADLINE_S):
-                config = await self.loader.load(self.config_path)
+                config, web = await self.loader.load(origin, self._load_files)
+            if self.web is not None and web is not None:
+                self.web.apply(*web)  # first: a web config that cannot apply keeps both files
         except ConfigError as exc:
             return self._reject(exc)
         except TimeoutError:
@@ -180,6 +186,23 @@ class ExporterState:
         logger.info("config reloaded origin=%s pairs=%d", config.origin, len(config.jobs))
         return None
 
+    def _load_files(self) -> tuple[Config, tuple[WebConfig, BasicAuth | None] | None]:
+        """Both files of a reload, loaded on the loader's thread; every problem of both at once."""
+        problems: list[ConfigProblem] = []
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            problems += exc.problems
+        web = None
+        if self.web is not None:
+            try:
+                web = WebSecurity.prepare(self.web.config.origin)
+            except ConfigError as exc:
+                problems += exc.problems
+        if problems:
+            raise ConfigError(problems)
+        return config, web
+
     def _reject(self, error: ConfigError) -> ConfigError:
         self.metrics.reload_success.set(0)
         problems = "; ".join(str(problem) for problem in error.problems)
@@ -197,7 +220,7 @@ def make_app(
     app = web.Application()
     app[STATE] = state
     if web_config is not None:
-        secure_app(app, web_config)
+        state.web = secure_app(app, web_config)
     app.router.add_get("/", landing_page)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/probe", probe)

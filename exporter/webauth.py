@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -29,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import bcrypt
 from aiohttp import web
 
-from exporter.webconfig import WebConfig
+from exporter.webconfig import WebConfig, load_web_config, renew_tls
 
 logger = logging.getLogger(__name__)
 
@@ -139,35 +140,66 @@ def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
     return user, password
 
 
-AUTH = web.AppKey("basic_auth", BasicAuth)
+class WebSecurity:
+    """The web config in force: users and headers, swapped whole by a reload.
+
+    A reload prepares the next state off the event loop (`prepare`: reading the file and
+    building the bcrypt decoy both take tens of milliseconds) and applies it on the loop
+    (`apply`), where the running TLS context is renewed in place; see `renew_tls`.
+    """
+
+    def __init__(self, config: WebConfig, auth: BasicAuth | None) -> None:
+        self.config = config
+        self.auth = auth
+
+    @staticmethod
+    def prepare(path: str) -> tuple[WebConfig, BasicAuth | None]:
+        """Load the web config at `path` and the authenticator for its users (blocking)."""
+        config = load_web_config(path)
+        return config, BasicAuth(config.users) if config.users else None
+
+    def apply(self, config: WebConfig, auth: BasicAuth | None) -> None:
+        """Take over a prepared web config; `ConfigError` (all kept as it was) if it cannot be."""
+        renew_tls(self.config, config)
+        # The previous authenticator is dropped, not closed: a request may still be verifying
+        # with it, and its worker thread ends once the last reference to it is gone.
+        self.auth = auth
+        self.config = dataclasses.replace(config, ssl_context=self.config.ssl_context)
 
 
-def secure_app(app: web.Application, web_config: WebConfig) -> None:
-    """Add the web config's headers to every response and, with users, guard every route."""
-    headers = dict(web_config.headers)
-    if headers:
+SECURITY = web.AppKey("web_security", WebSecurity)
 
-        async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
-            response.headers.update(headers)
 
-        app.on_response_prepare.append(add_headers)
-    if not web_config.users:
-        return
-    auth = BasicAuth(web_config.users)
-    app[AUTH] = auth
+def secure_app(app: web.Application, web_config: WebConfig) -> WebSecurity:
+    """Add the web config's headers to every response and guard every route with its users.
+
+    Both are installed whatever the file holds now, so that a reload can add users or headers.
+    """
+    security = WebSecurity(web_config, BasicAuth(web_config.users) if web_config.users else None)
+    app[SECURITY] = security
+
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(security.config.headers)
+
+    app.on_response_prepare.append(add_headers)
     app.middlewares.append(_basic_auth_middleware)
 
     async def close_auth(app: web.Application) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, auth.close)
+        if security.auth is not None:
+            await asyncio.get_running_loop().run_in_executor(None, security.auth.close)
 
     app.on_cleanup.append(close_auth)
+    return security
 
 
 @web.middleware
 async def _basic_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """401 with a `WWW-Authenticate` challenge unless the request carries valid credentials."""
+    auth = request.app[SECURITY].auth
+    if auth is None:
+        return await handler(request)
     try:
-        user = await request.app[AUTH].verify(request.headers.get("Authorization"))
+        user = await auth.verify(request.headers.get("Authorization"))
     except AuthBusy:
         return web.Response(
             status=503, text="too many authentications in progress\n", headers={"Retry-After": "1"}

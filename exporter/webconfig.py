@@ -4,8 +4,9 @@ The format is the one of the Prometheus exporter-toolkit, so the file an operato
 for node_exporter or blackbox_exporter works here unchanged. The file is validated as strictly
 as the main config: unknown keys, bad values, and settings that Python's `ssl` module cannot
 honour are each a `ConfigError` with file, line and key — a security setting is never dropped
-silently. Certificate, key and CA files are read at start-up, so a missing file or a key that
-does not match its certificate stops the exporter with one clear message.
+silently. Certificate, key and CA files are read when the file is loaded (at start-up and on
+each reload), so a missing file or a key that does not match its certificate is one clear
+message, never a listener without its certificate.
 
 Relative paths are resolved against the directory of the web config file, as exporter-toolkit
 does.
@@ -148,6 +149,37 @@ class WebConfigFile(StrictModel):
 
 
 @dataclass(frozen=True)
+class ServerTls:
+    """What a reload applies to the listener's live TLS context, and what it cannot change.
+
+    The listener keeps the context it was started with, so a reload changes that context in
+    place: the certificate and key (a renewal), versions and cipher suites apply to the next
+    handshake. OpenSSL can add trusted client CAs to a context but never remove one, so the
+    client-certificate settings (`client_trust`) need a restart to change.
+    """
+
+    cert_file: Path
+    key_file: Path
+    minimum_version: ssl.TLSVersion
+    maximum_version: ssl.TLSVersion
+    ciphers: str | None
+    prefer_server_ciphers: bool
+    client_trust: tuple[str, bytes]  # client_auth_type and the trusted CA certificates
+
+    def apply_to(self, context: ssl.SSLContext) -> None:
+        """Set everything but the client trust on `context`; raises `ssl.SSLError`."""
+        context.minimum_version = self.minimum_version
+        context.maximum_version = self.maximum_version
+        if self.prefer_server_ciphers:
+            context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        else:
+            context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+        if self.ciphers is not None:
+            context.set_ciphers(self.ciphers)
+        context.load_cert_chain(self.cert_file, self.key_file, password=_refuse_password)
+
+
+@dataclass(frozen=True)
 class WebConfig:
     """A validated web config, ready to serve with: the TLS context is built and loaded."""
 
@@ -156,6 +188,7 @@ class WebConfig:
     requires_client_cert: bool = False
     users: Mapping[str, bytes] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
+    tls: ServerTls | None = None
 
 
 def load_web_config(path: str | Path) -> WebConfig:
@@ -170,16 +203,44 @@ def load_web_config(path: str | Path) -> WebConfig:
     if problems:
         raise ConfigError(problems)
     tls = parsed.tls_server_config
-    context = None
+    context = server_tls = None
     if tls is not None and _tls_enabled(tls):
-        context = _ssl_context(tls, Path(path).parent, lines)
+        context, server_tls = _ssl_context(tls, Path(path).parent, lines)
     return WebConfig(
         origin=origin,
         ssl_context=context,
         requires_client_cert=context is not None and context.verify_mode == ssl.CERT_REQUIRED,
         users={user: hashed.encode() for user, hashed in parsed.basic_auth_users.items()},
         headers=dict(parsed.http_server_config.headers),
+        tls=server_tls,
     )
+
+
+def renew_tls(running: WebConfig, new: WebConfig) -> None:
+    """Apply `new`'s TLS settings to the context the listener runs with, or say why not.
+
+    Raises `ConfigError` when the change needs a restart (TLS turned on or off, other client
+    certificate settings), leaving the running context as it was.
+    """
+
+    def refuse(message: str) -> ConfigError:
+        return ConfigError([ConfigProblem(new.origin, None, "tls_server_config", message)])
+
+    if (running.tls is None) != (new.tls is None):
+        turned = "on" if new.tls is not None else "off"
+        raise refuse(f"turning TLS {turned} needs a restart of the exporter")
+    if running.tls is None or new.tls is None or running.ssl_context is None:
+        return
+    if new.tls.client_trust != running.tls.client_trust:
+        raise refuse(
+            "changing client_auth_type or the client CA needs a restart of the exporter "
+            "(a running TLS context can trust more CAs but never fewer)"
+        )
+    try:
+        new.tls.apply_to(running.ssl_context)
+    except (ssl.SSLError, OSError, _EncryptedKeyError) as exc:  # the files changed meanwhile
+        reason = exc.reason if isinstance(exc, ssl.SSLError) else type(exc).__name__
+        raise refuse(f"could not load the new certificate and key: {reason}") from None
 
 
 def _tls_enabled(tls: TlsServerConfig) -> bool:
@@ -265,7 +326,9 @@ def _refuse_password() -> str:
     raise _EncryptedKeyError
 
 
-def _ssl_context(tls: TlsServerConfig, directory: Path, lines: _LineMap) -> ssl.SSLContext:
+def _ssl_context(
+    tls: TlsServerConfig, directory: Path, lines: _LineMap
+) -> tuple[ssl.SSLContext, ServerTls]:
     """Build the server context; every file is read now and each failure names its key."""
     base = ("tls_server_config",)
     cert_file = _resolve(directory, tls.cert_file)
@@ -281,25 +344,14 @@ def _ssl_context(tls: TlsServerConfig, directory: Path, lines: _LineMap) -> ssl.
     if problems:
         raise ConfigError(problems)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = _TLS_VERSIONS[tls.min_version]
-    context.maximum_version = _TLS_VERSIONS[tls.max_version]
-    if tls.prefer_server_cipher_suites:
-        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    else:
-        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    if tls.cipher_suites:
+    ciphers = ":".join(_CIPHER_SUITES[suite] for suite in tls.cipher_suites) or None
+    if ciphers is not None:
         try:
-            context.set_ciphers(":".join(_CIPHER_SUITES[suite] for suite in tls.cipher_suites))
+            context.set_ciphers(ciphers)
         except ssl.SSLError as exc:
             message = f"none of these cipher suites is available in this OpenSSL: {exc.reason}"
             raise ConfigError([lines.problem((*base, "cipher_suites"), message)]) from exc
-    try:
-        context.load_cert_chain(cert_file, key_file, password=_refuse_password)
-    except _EncryptedKeyError:
-        message = "the key is encrypted; give an unencrypted key readable only by the exporter"
-        raise ConfigError([lines.problem((*base, "key_file"), message)]) from None
-    except ssl.SSLError as exc:
-        raise ConfigError([lines.problem((*base, "key_file"), _key_message(exc))]) from exc
+    trusted = b""
     if tls.client_auth_type != "NoClientCert":
         ca_key = "client_ca_file" if ca_file is not None else "client_ca"
         try:
@@ -310,12 +362,29 @@ def _ssl_context(tls: TlsServerConfig, directory: Path, lines: _LineMap) -> ssl.
         except (ssl.SSLError, ValueError) as exc:
             message = f"no usable CA certificate: {getattr(exc, 'reason', None) or exc}"
             raise ConfigError([lines.problem((*base, ca_key), message)]) from exc
+        trusted = b"".join(context.get_ca_certs(binary_form=True))
         context.verify_mode = (
             ssl.CERT_REQUIRED
             if tls.client_auth_type == "RequireAndVerifyClientCert"
             else ssl.CERT_OPTIONAL
         )
-    return context
+    server_tls = ServerTls(
+        cert_file=cert_file,
+        key_file=key_file,
+        minimum_version=_TLS_VERSIONS[tls.min_version],
+        maximum_version=_TLS_VERSIONS[tls.max_version],
+        ciphers=ciphers,
+        prefer_server_ciphers=tls.prefer_server_cipher_suites,
+        client_trust=(tls.client_auth_type, trusted),
+    )
+    try:
+        server_tls.apply_to(context)
+    except _EncryptedKeyError:
+        message = "the key is encrypted; give an unencrypted key readable only by the exporter"
+        raise ConfigError([lines.problem((*base, "key_file"), message)]) from None
+    except ssl.SSLError as exc:
+        raise ConfigError([lines.problem((*base, "key_file"), _key_message(exc))]) from exc
+    return context, server_tls
 
 
 def _resolve(directory: Path, name: str) -> Path:
