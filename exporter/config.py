@@ -10,10 +10,11 @@ field path, all at once, so that one `validate` run shows everything to fix.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -59,7 +60,8 @@ MAX_YAML_NODES = 2_000_000
 # Of those, how many aliases may add in all. Sharing a list of 1,000 targets among 20 flows
 # costs 20,000; a billion-laughs file is refused after its first few hundred events.
 MAX_ALIAS_NODES = 100_000
-# Default of scheduler.max_pairs: resolved (flow, target) pairs, counted before jobs are built.
+# Default of scheduler.max_pairs: resolved (flow, target) pairs, counted before jobs are built
+# and before duplicate pairs are dropped, so the count is an upper bound of the jobs.
 DEFAULT_MAX_PAIRS = 200_000
 # A syntax error is re-worded by the pure-Python parser only in files up to this size: its
 # messages are the same on every platform, but it is about 20 times slower than libyaml.
@@ -642,13 +644,18 @@ def _yaml_problem(exc: yaml.YAMLError, text: str, origin: str) -> ConfigProblem:
 
 
 def _pydantic_problems(
-    exc: ValidationError, lines: _LineMap, prefix: tuple[str | int, ...]
+    exc: ValidationError,
+    lines: _LineMap,
+    prefix: tuple[str | int, ...],
+    unknown_key: Callable[[str], str] | None = None,
 ) -> Iterator[ConfigProblem]:
+    """Located problems; `unknown_key` words the message for an unknown key at the top level."""
     for error in exc.errors():
         path = (*prefix, *(part for part in error["loc"] if not _is_internal(part)))
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown field"
+            top = len(path) == len(prefix) + 1
+            message = unknown_key(str(path[-1])) if unknown_key and top else "unknown field"
         elif error["type"] in ("model_type", "dict_type"):
             message = "expected a mapping (key: value)"
         yield lines.problem(path, message)
@@ -704,7 +711,8 @@ class _Resolver:
                 self.lines.problem(
                     self.over_limit_at,
                     f"the config resolves to {self.pairs} (flow, target) pairs, more than "
-                    f"scheduler.max_pairs ({limit}); this flow crosses the limit",
+                    f"scheduler.max_pairs ({limit}); this flow crosses the limit (pairs are "
+                    "counted as written, before duplicate pairs are dropped)",
                 )
             )
         return jobs
@@ -752,6 +760,7 @@ class _Resolver:
         override = self.config.flows.get(flow.id, FlowOverride())
         path: tuple[str | int, ...] = ("flows", flow.id)
         check = effective_check(flow)
+        settings = self._settings(override, path, flow.check, check)
         if flow.source is not self.config.source:
             if flow.id in self.config.flows:
                 self.warnings.append(
@@ -765,29 +774,23 @@ class _Resolver:
         if check is None:
             self.skipped[flow.id] = f"check {flow.check} is not available in this version"
             return []
+        if settings is None:
+            return []
         endpoints = override.targets
         if endpoints is None:
             endpoints = self.config.targets.get(flow.destination, [])
         if not endpoints:
             self.skipped[flow.id] = f"no targets for role {flow.destination.value}"
-        extras = override.model_extra or {}
         if check != flow.check and endpoints:  # a flow without targets is only probed on demand
             self.warnings.append(
                 f"flow {flow.id}: check {flow.check} is not available in this version; "
                 f"running {check} instead"
             )
-            if extras:
-                self.warnings.append(
-                    f"flow {flow.id}: settings {', '.join(sorted(extras))} apply to check "
-                    f"{flow.check} and are ignored until it is available"
-                )
-        if check != flow.check:
-            extras = {}
         return self._jobs(
             flow.id,
             check,
             override=override,
-            extras=extras,
+            settings=settings,
             endpoints=endpoints,
             path=path,
             flow=flow,
@@ -803,6 +806,7 @@ class _Resolver:
                 )
             )
             return []
+        settings = self._settings(extra, path, extra.check, extra.check)
         if not extra.enabled:
             self.skipped[extra.id] = "disabled in the config"
             return []
@@ -811,17 +815,78 @@ class _Resolver:
                 self.lines.problem((*path, "targets"), "needs at least one target")
             )
             return []
-        extras = dict(extra.model_extra or {})  # declared fields never land in model_extra
+        if settings is None:
+            return []
         return self._jobs(
             extra.id,
             extra.check,
             override=extra,
-            extras=extras,
+            settings=settings,
             endpoints=extra.targets,
             path=path,
             flow=None,
             default_port=None,
         )
+
+    def _settings(
+        self, block: FlowOverride, path: tuple[str | int, ...], wanted: str, runs: str | None
+    ) -> CheckSettings | None:
+        """The block's check settings, validated whole before anything decides to skip the flow.
+
+        A mistake in a disabled flow, a flow without targets or one measured from another
+        vantage point is still a mistake, and a misspelt `enabled` must never leave a flow
+        running. `wanted` is the check the flow asks for and `runs` the one that runs in its
+        place in this build (None: nothing does). The block is validated against the settings
+        of the check that runs, since those are the only settings that are used: a setting
+        of a check not yet available is refused rather than accepted and ignored. None, with
+        the problems recorded, when the block is invalid.
+        """
+        model: type[CheckSettings] = CheckSettings if runs is None else CHECKS[runs].settings_model
+        note = ""
+        if runs is None:
+            note = (
+                f"check {wanted} is not available in this version and nothing runs in its "
+                "place, so this flow takes no settings of its own"
+            )
+        elif runs != wanted:
+            note = (
+                f"check {wanted} is not available in this version; this flow runs {runs}, "
+                "which has no such setting"
+            )
+        allowed = [*type(block).model_fields, *model.model_fields]
+        if isinstance(block, ExtraFlow):
+            allowed.append("target")
+        known = len(self.problems)
+        settings: CheckSettings | None = None
+        try:
+            settings = model.model_validate(dict(block.model_extra or {}))
+        except ValidationError as exc:
+            self.problems.extend(
+                _pydantic_problems(
+                    exc, self.lines, path, lambda key: _unknown_key(key, allowed, note)
+                )
+            )
+        if runs is not None and not CHECKS[runs].uses_port:
+            if block.port is not None:
+                self.problems.append(
+                    self.lines.problem((*path, "port"), f"check {runs} takes no port")
+                )
+            for index, endpoint in enumerate(block.targets or []):
+                if endpoint.port is not None:
+                    self.problems.append(
+                        self.lines.problem(
+                            (*path, "targets", index),
+                            f"check {runs} takes no port: write the host or network alone",
+                        )
+                    )
+        interval = block.interval or self.config.defaults.interval
+        timeout = block.timeout or self.config.defaults.timeout
+        if timeout > interval and (block.timeout is not None or block.interval is not None):
+            key = "timeout" if block.timeout is not None else "interval"
+            self.problems.append(
+                self.lines.problem((*path, key), "timeout must not exceed the interval")
+            )
+        return settings if len(self.problems) == known else None
 
     def _jobs(
         self,
@@ -829,30 +894,20 @@ class _Resolver:
         check: str,
         *,
         override: FlowOverride,
-        extras: Mapping[str, Any],
+        settings: CheckSettings,
         endpoints: list[Endpoint],
         path: tuple[str | int, ...],
         flow: Flow | None,
         default_port: int | None,
     ) -> list[Job]:
         spec = CHECKS[check]
-        try:
-            settings = spec.settings_model.model_validate(dict(extras))
-        except ValidationError as exc:
-            self.problems.extend(_pydantic_problems(exc, self.lines, path))
-            return []
         for where, message in unreadable_secrets(settings):
             self.problems.append(self.lines.problem((*path, *where), message))
         port = override.port or default_port
         interval = override.interval or self.config.defaults.interval
         timeout = override.timeout or self.config.defaults.timeout
         if timeout > interval:
-            if override.timeout is not None or override.interval is not None:
-                key = "timeout" if override.timeout is not None else "interval"
-                self.problems.append(
-                    self.lines.problem((*path, key), "timeout must not exceed the interval")
-                )
-            return []  # otherwise the defaults are at fault, reported once by resolve()
+            return []  # the defaults are at fault, reported once by resolve()
         template = FlowTemplate(
             flow_id, check, spec, settings, port, interval, timeout, flow, tuple(endpoints)
         )
@@ -862,7 +917,23 @@ class _Resolver:
             # Counted, never built: a small file of large networks must not cost minutes.
             self.over_limit_at = self.over_limit_at or path
             return []
-        return [template.job(target) for target in self._targets(template, path)]
+        # Overlapping targets (`host` beside `host:22` on port 22, a host inside two networks)
+        # give the same pair twice: it is checked once, under the first target that gave it.
+        jobs: dict[tuple[str, str], Job] = {}
+        duplicates = 0
+        example = ""
+        for target in self._targets(template, path):
+            job = template.job(target)
+            if jobs.setdefault(job.key, job) is not job:
+                duplicates += 1
+                example = example or job.key[1]
+        if duplicates:
+            self.warnings.append(
+                f"flow {flow_id}: {duplicates} duplicate (flow, target) pairs dropped, such as "
+                f"{example} (a target written twice, with and without the flow's port, or "
+                "inside two networks); each pair is checked once"
+            )
+        return list(jobs.values())
 
     def _targets(self, template: FlowTemplate, path: tuple[str | int, ...]) -> Iterator[Target]:
         limit = self.config.scheduler.max_hosts_per_network
@@ -881,8 +952,20 @@ class _Resolver:
                 yield Target(str(address), target.port)
 
 
+def _unknown_key(key: str, allowed: Collection[str], note: str) -> str:
+    """The message for an unknown key: the closest allowed key if one is close, else `note`."""
+    close = difflib.get_close_matches(key, allowed, n=1)
+    if close:
+        return f"unknown field; did you mean {close[0]!r}?"
+    return f"unknown field ({note})" if note else "unknown field"
+
+
 def _pair_count(endpoint: Endpoint, scheduler: SchedulerSettings) -> int:
-    """Pairs an endpoint yields, by arithmetic: what `network.hosts()` would give."""
+    """Pairs an endpoint yields, by arithmetic: what `network.hosts()` would give.
+
+    Counted as written, before duplicate pairs are dropped (a host written twice, or inside
+    two networks, counts twice), so the sum is an upper bound of the jobs built.
+    """
     network = endpoint.network
     if network is None:
         return 1

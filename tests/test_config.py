@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from exporter.checks.https import HttpSettings
+from exporter.checks.net import TlsSettings
 from exporter.config import (
     EMBEDDED_DEFAULT,
     Endpoint,
@@ -105,6 +106,53 @@ INVALID_CASES: dict[str, list[tuple[int, str, str]]] = {
             "extra_flows[1]",
             "the config resolves to 763 (flow, target) pairs, more than scheduler.max_pairs (500)",
         )
+    ],
+    "invalid-extra-flow-typo.yaml": [
+        (4, "extra_flows[0].targte", "unknown field; did you mean 'target'?"),
+        (2, "extra_flows[0].targets", "needs at least one target"),
+    ],
+    "invalid-disabled-flow-typo.yaml": [
+        (5, "flows.smb_endpoints.enabeld", "unknown field; did you mean 'enabled'?"),
+        (10, "extra_flows[0].descripton", "unknown field; did you mean 'description'?"),
+    ],
+    "invalid-icmp-port.yaml": [
+        (5, "flows.icmp_endpoints.port", "check icmp takes no port"),
+        (
+            7,
+            "flows.icmp_endpoints.targets[0]",
+            "check icmp takes no port: write the host or network alone",
+        ),
+    ],
+    "invalid-other-vantage-typo.yaml": [
+        (
+            4,
+            "flows.ssh_hmc.host_key_fingerprint",
+            "unknown field; did you mean 'host_key_fingerprints'?",
+        )
+    ],
+    "invalid-udp-flow-setting.yaml": [
+        (
+            5,
+            "flows.snmp_endpoints.comunity",
+            "unknown field (check snmp is not available in this version and nothing runs in its "
+            "place, so this flow takes no settings of its own)",
+        )
+    ],
+    "invalid-untargeted-flow-typo.yaml": [
+        (
+            4,
+            "flows.https_app_relay.expected_statuses",
+            "unknown field; did you mean 'expected_status'?",
+        )
+    ],
+    "invalid-unavailable-check-setting.yaml": [
+        (
+            6,
+            "flows.smb_endpoints.username",
+            "unknown field (check smb is not available in this version; this flow runs tcp, "
+            "which has no such setting)",
+        ),
+        (8, "flows.https_vsphere.ca_fil", "unknown field; did you mean 'ca_file'?"),
     ],
 }
 
@@ -317,10 +365,43 @@ def test_flow_from_another_vantage_point_is_not_run_here() -> None:
 
 
 def test_unavailable_check_falls_back_and_says_so() -> None:
-    """A catalogue check not in this version runs its stated fallback, labelled as such."""
+    """A catalogue check not in this version runs its stated fallback, labelled as such.
+
+    The fallback's own settings apply to it: a self-signed vCenter is reached with `ca_file`.
+    """
     config = parse_config(
-        "targets: {domain_controllers: [dc1]}\nflows: {ldaps_dc: {bind_dn: x}}\n", "inline.yaml"
+        "targets: {vsphere: [vc1], endpoint_networks: [127.0.0.1]}\n"
+        "flows: {https_vsphere: {ca_file: /etc/ssl/corp-ca.pem}}\n",
+        "inline.yaml",
     )
     checks = {job.flow_id: job.check for job in config.jobs}
-    assert checks == {"ldap_dc": "tcp", "ldaps_dc": "tls", "ldaps_gc": "tls"}
-    assert any("bind_dn" in warning and "ignored" in warning for warning in config.warnings)
+    assert (checks["https_vsphere"], checks["smb_endpoints"]) == ("tls", "tcp")
+    (vsphere,) = [job for job in config.jobs if job.flow_id == "https_vsphere"]
+    assert isinstance(vsphere.settings, TlsSettings)
+    assert vsphere.settings.ca_file == "/etc/ssl/corp-ca.pem"
+    assert (
+        "flow https_vsphere: check vsphere is not available in this version; running tls instead"
+        in config.warnings
+    )
+
+
+def test_settings_of_a_flow_that_does_not_run_are_still_checked() -> None:
+    """A valid block of a disabled flow, or of one measured elsewhere, loads; the flow stays off."""
+    config = parse_config(
+        "source: application_server\ntargets: {ibm_hmc: [127.0.0.1]}\n"
+        "flows:\n"
+        "  ssh_hmc: {host_key_fingerprints: ['SHA256:x'], timeout: 2s}\n"
+        "  https_customer_centre: {enabled: false, path: /sync}\n",
+        "inline.yaml",
+    )
+    assert not [job for job in config.jobs if job.flow_id in ("ssh_hmc", "https_customer_centre")]
+    assert config.skipped_flows["https_customer_centre"] == "disabled in the config"
+
+
+def test_disabled_flow_with_a_bad_timeout_is_refused() -> None:
+    """The whole block is checked before the flow is skipped, its timings included."""
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config("flows: {ssh_hmc: {enabled: false, timeout: 2m}}\n", "inline.yaml")
+    assert str(excinfo.value) == (
+        "inline.yaml:1: flows.ssh_hmc.timeout: timeout must not exceed the interval"
+    )
