@@ -917,23 +917,26 @@ class _Resolver:
             # Counted, never built: a small file of large networks must not cost minutes.
             self.over_limit_at = self.over_limit_at or path
             return []
+        jobs = [template.job(target) for target in self._targets(template, path)]
         # Overlapping targets (`host` beside `host:22` on port 22, a host inside two networks)
-        # give the same pair twice: it is checked once, under the first target that gave it.
-        jobs: dict[tuple[str, str], Job] = {}
-        duplicates = 0
+        # give the same pair twice: it is checked once. Jobs of one key are equal, so keeping
+        # the last of each in the place of the first is keeping the first.
+        unique = {job.key: job for job in jobs}
+        if len(unique) == len(jobs):
+            return jobs
+        seen: set[tuple[str, str]] = set()
         example = ""
-        for target in self._targets(template, path):
-            job = template.job(target)
-            if jobs.setdefault(job.key, job) is not job:
-                duplicates += 1
-                example = example or job.key[1]
-        if duplicates:
-            self.warnings.append(
-                f"flow {flow_id}: {duplicates} duplicate (flow, target) pairs dropped, such as "
-                f"{example} (a target written twice, with and without the flow's port, or "
-                "inside two networks); each pair is checked once"
-            )
-        return list(jobs.values())
+        for job in jobs:
+            if job.key in seen:
+                example = job.key[1]
+                break
+            seen.add(job.key)
+        self.warnings.append(
+            f"flow {flow_id}: {len(jobs) - len(unique)} duplicate (flow, target) pairs dropped, "
+            f"such as {example} (a target written twice, with and without the flow's port, or "
+            "inside two networks); each pair is checked once"
+        )
+        return list(unique.values())
 
     def _targets(self, template: FlowTemplate, path: tuple[str | int, ...]) -> Iterator[Target]:
         limit = self.config.scheduler.max_hosts_per_network

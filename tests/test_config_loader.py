@@ -180,7 +180,8 @@ def test_pair_cap_counts_networks_without_building_them() -> None:
         parse_config(text, "wide.yaml")
     assert str(excinfo.value) == (
         f"wide.yaml:3: extra_flows[0]: the config resolves to {60 * (2**20 - 2)} (flow, target) "
-        f"pairs, more than scheduler.max_pairs ({DEFAULT_MAX_PAIRS}); this flow crosses the limit"
+        f"pairs, more than scheduler.max_pairs ({DEFAULT_MAX_PAIRS}); this flow crosses the limit "
+        "(pairs are counted as written, before duplicate pairs are dropped)"
     )
 
 
