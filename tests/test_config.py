@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -405,3 +407,21 @@ def test_disabled_flow_with_a_bad_timeout_is_refused() -> None:
     assert str(excinfo.value) == (
         "inline.yaml:1: flows.ssh_hmc.timeout: timeout must not exceed the interval"
     )
+
+
+def test_validate_names_a_misspelt_key_on_its_own_line() -> None:
+    """`validate` prints each problem of a flow block on a line of its own, the typo first."""
+    path = TESTDATA / "invalid-extra-flow-typo.yaml"
+    run = subprocess.run(
+        [sys.executable, "-m", "exporter", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [
+        "invalid config:",
+        f"{path}:4: extra_flows[0].targte: unknown field; did you mean 'target'?",
+        f"{path}:2: extra_flows[0].targets: needs at least one target",
+    ]
