@@ -123,4 +123,6 @@ def test_landing_page_pending_count_reaches_zero(tmp_path: Path, listener: int) 
                 break
             assert time.monotonic() < deadline, f"still {counts.group(2)} not checked yet"
             time.sleep(0.05)
+        log = exporter.log()
     assert counts.group(1) == "3"
+    assert log.count("flow overlap: 3 duplicate (flow, target) pairs dropped") == 1, log
