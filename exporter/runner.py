@@ -42,7 +42,8 @@ async def run_check(
     except TimeoutError:
         phase = context.current_phase
         where = f" during {phase.value}" if phase is not None else ""
-        result = context.failure(Result.TIMEOUT, f"no answer within {timeout_seconds:g}s{where}")
+        detail = context.timeout_detail or f"no answer within {timeout_seconds:g}s{where}"
+        result = context.failure(Result.TIMEOUT, detail)
     except Exception as exc:
         outcome, detail = classify(exc, context.current_phase)
         if not is_expected(exc):

@@ -80,6 +80,9 @@ class CheckContext:
         self.address = ""
         self.tls_cert_expiry_seconds: float | None = None
         self.tcp_rtt_seconds: float | None = None
+        # What a timeout means at this point of the run, set by a step waiting on a peer that may
+        # stay silent (a UDP request); the run's deadline then reports it instead of its own words.
+        self.timeout_detail: str | None = None
         self.log_lines: list[str] | None = [] if capture_log else None
 
     def remaining(self) -> float:

@@ -1,8 +1,15 @@
-"""Socket steps shared by the TCP-based checks: resolve, connect, TLS.
+"""Socket steps shared by the checks: resolve, TCP connect, TLS, and one UDP request/reply.
 
 Each step is timed as its own phase. Resolution picks one address and the check reports which
 one, so a result always says which path it tested (no hidden happy-eyeballs). Platform-specific
-code is confined to `_kernel_rtt_seconds`.
+code is confined to `_kernel_rtt_seconds` and `_connected_udp_socket`.
+
+UDP has no connection to time: a UDP check records `resolve` (names only) and `handshake`, the
+time from its first request to the reply. `handshake` already names a protocol's first
+request/response exchange (an SSH banner, an HTTP request, an ICMP echo), so the bounded set of
+phase labels stays as it is. The socket is connected, which sends nothing but fixes the peer:
+the kernel then accepts replies from that peer only and reports the ICMP errors it sends back
+(port unreachable as ECONNREFUSED), which is how "nothing listens" is told apart from silence.
 """
 
 from __future__ import annotations
@@ -245,3 +252,153 @@ def _kernel_rtt_seconds(sock: socket.socket) -> float | None:
         return None
     (rtt_us,) = _TCP_INFO_RTT.unpack_from(info, _TCP_INFO_RTT_OFFSET)
     return float(rtt_us) / 1e6
+
+
+# Linux socket options that Python 3.11's socket module does not name (linux/in.h, linux/in6.h).
+_IP_RECVERR = 11
+_IPV6_RECVERR = 25
+MAX_RETRANSMISSIONS = 4
+MAX_DATAGRAM_BYTES = 65_535  # the largest UDP payload a reply can carry
+
+
+class UdpSettings(CheckSettings):
+    """Options shared by every check that sends one UDP request and waits for its reply."""
+
+    retransmissions: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_RETRANSMISSIONS,
+        description=(
+            "Requests sent again while no reply has come; the time left is split evenly between "
+            "all requests and the detail of a timeout says how many were sent."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DatagramReply:
+    """The first datagram the peer sent back, and how many requests it took."""
+
+    data: bytes
+    peer: tuple[str, int]
+    requests_sent: int
+
+
+async def exchange_datagram(
+    context: CheckContext,
+    target: Target,
+    request: bytes,
+    *,
+    max_reply_bytes: int,
+    retransmissions: int = 0,
+) -> DatagramReply:
+    """Send `request` to the target's UDP port and return the first reply (phase `handshake`).
+
+    The wait ends at the check's deadline. With retransmissions the request is sent again each
+    time an equal share of that time passes without a reply, and never more often than asked.
+    ICMP port unreachable is `refused`; other ICMP errors (admin-prohibited, host or network
+    unreachable) reach `classify` as `unreachable`; silence is `timeout`, and a reply longer
+    than `max_reply_bytes` (the most the request can be answered with) is `protocol_mismatch`.
+    """
+    if not 0 <= retransmissions <= MAX_RETRANSMISSIONS:
+        raise ValueError(f"retransmissions must be 0..{MAX_RETRANSMISSIONS}, not {retransmissions}")
+    if not 0 < max_reply_bytes <= MAX_DATAGRAM_BYTES:
+        raise ValueError(f"max_reply_bytes must be 1..{MAX_DATAGRAM_BYTES}, not {max_reply_bytes}")
+    address = await resolve(context, target, socket.SOCK_DGRAM)
+    sock = _connected_udp_socket(address)
+    try:
+        with context.phase(Phase.HANDSHAKE):
+            reply = await _request_reply(
+                context,
+                sock,
+                address,
+                request,
+                max_reply_bytes=max_reply_bytes,
+                attempts=retransmissions + 1,
+            )
+    except Exception:
+        context.timeout_detail = None  # the exchange is over; a later step's timeout is its own
+        raise
+    finally:
+        sock.close()
+    # A cancellation (the run's deadline) skips this line on purpose: the runner reports the
+    # silence with the detail the exchange left behind.
+    context.timeout_detail = None
+    return reply
+
+
+def _connected_udp_socket(address: ResolvedAddress) -> socket.socket:
+    """A non-blocking UDP socket connected to `address`, reporting every ICMP error it gets.
+
+    Connecting sends no packet. Without IP_RECVERR Linux reports only the "hard" ICMP errors
+    (port unreachable, admin-prohibited) on a connected socket and drops host and network
+    unreachable, which would then look like silence.
+    """
+    sock = socket.socket(address.family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if sys.platform == "linux":
+            if address.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+        sock.connect(address.sockaddr)  # a route lookup only: returns at once, never blocks
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _request_reply(
+    context: CheckContext,
+    sock: socket.socket,
+    address: ResolvedAddress,
+    request: bytes,
+    *,
+    max_reply_bytes: int,
+    attempts: int,
+) -> DatagramReply:
+    """Send up to `attempts` requests, each followed by an equal share of the time left.
+
+    `loop.sock_recv` on the connected socket is used rather than a datagram endpoint: one
+    receive of at most `max_reply_bytes + 1` bytes per wait (the kernel drops the rest of a
+    longer datagram, so its size is never held in memory), the ICMP error raised where the
+    check awaits, and nothing read after the reply.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    budget = context.remaining()
+    port = address.sockaddr[1]
+    for sent in range(1, attempts + 1):
+        context.timeout_detail = _silence_detail(budget, sent)
+        try:
+            await loop.sock_sendall(sock, request)
+            context.debug("udp request sent", port=port, bytes=len(request), request=sent)
+            async with asyncio.timeout_at(started + budget * sent / attempts):
+                data = await loop.sock_recv(sock, max_reply_bytes + 1)
+        except TimeoutError:
+            continue
+        except ConnectionRefusedError as exc:
+            raise CheckFailure(
+                Result.REFUSED,
+                f"UDP port {port} unreachable: nothing listens there "
+                "(ICMP port unreachable, or a firewall rejecting in its place)",
+            ) from exc
+        if len(data) > max_reply_bytes:
+            raise CheckFailure(
+                Result.PROTOCOL_MISMATCH,
+                f"UDP reply larger than {max_reply_bytes} bytes, "
+                "more than any answer to this request",
+            )
+        context.debug("udp reply", port=port, bytes=len(data), requests=sent)
+        return DatagramReply(data=data, peer=address.sockaddr, requests_sent=sent)
+    raise CheckFailure(Result.TIMEOUT, _silence_detail(budget, attempts))
+
+
+def _silence_detail(waited_seconds: float, sent: int) -> str:
+    """The detail of a UDP request left unanswered: UDP cannot tell a filter from a mute service."""
+    requests = "1 request" if sent == 1 else f"{sent} requests"
+    return (
+        f"no UDP reply within {round(waited_seconds, 2):g}s ({requests} sent): "
+        "the port is filtered or the service does not answer this request"
+    )

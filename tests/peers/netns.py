@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import random
 import secrets
+import select
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
-from tests.peers.ports import wait_for_tcp
+from tests.peers.ports import wait_for_tcp, wait_for_udp_echo
 from tests.peers.procs import stop_process
 
 IP = "/usr/sbin/ip"
@@ -36,6 +37,16 @@ _LISTENER_CODE = (
     "held=[]\n"
     "while True:\n"
     "    held.append(s.accept()[0])\n"
+)
+# answer every datagram with itself; say "ready" once bound
+_UDP_ECHO_CODE = (
+    "import socket,sys\n"
+    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+    "s.bind((sys.argv[1],int(sys.argv[2])))\n"
+    "print('ready',flush=True)\n"
+    "while True:\n"
+    "    data,peer=s.recvfrom(65535)\n"
+    "    s.sendto(data,peer)\n"
 )
 _ROUTE_TYPES = frozenset(
     {
@@ -134,6 +145,45 @@ class IsolatedHost:
         proc = self.popen([sys.executable, "-c", _LISTENER_CODE, self.address, str(port)])
         wait_for_tcp(self.address, port, LISTENER_TIMEOUT_S, proc=proc)
         return proc
+
+    def udp_echo(self, port: int) -> subprocess.Popen[bytes]:
+        """Start a UDP echo server on address:port and wait until it answers.
+
+        The server says when it is bound before the first probe is sent: a probe that found the
+        port closed would spend the namespace's ICMP error budget (a burst of 6, then one a
+        second per destination), and a test's own REJECT would then go unanswered. Call it
+        before adding rules that block `port`: one echo is checked from the root namespace.
+        """
+        proc = self.popen(
+            [sys.executable, "-c", _UDP_ECHO_CODE, self.address, str(port)],
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        with proc.stdout:
+            readable, _, _ = select.select([proc.stdout], [], [], LISTENER_TIMEOUT_S)
+            if not readable or proc.stdout.readline() != b"ready\n":
+                raise RuntimeError(f"the UDP echo server on {self.address}:{port} did not start")
+        wait_for_udp_echo(self.address, port, LISTENER_TIMEOUT_S, proc=proc)
+        return proc
+
+    def drop_all_udp_to(self, port: int) -> None:
+        """Silently drop UDP to `port`, so requests get no reply."""
+        self.iptables("-A", "INPUT", "-p", "udp", "--dport", str(port), "-j", "DROP")
+
+    def reject_udp(self, port: int, reject_with: str) -> None:
+        """Answer UDP to `port` with the ICMP error `reject_with` (e.g. icmp-admin-prohibited)."""
+        self.iptables(
+            "-A",
+            "INPUT",
+            "-p",
+            "udp",
+            "--dport",
+            str(port),
+            "-j",
+            "REJECT",
+            "--reject-with",
+            reject_with,
+        )
 
     def drop_all_tcp_to(self, port: int) -> None:
         """Silently drop TCP to `port`, so connects time out."""
