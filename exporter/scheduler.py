@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Iterator, Mapping
 
+from exporter.blocking import BlockingPool
 from exporter.config import Config, Job
 from exporter.result import Result
 from exporter.runner import run_check
@@ -37,8 +38,11 @@ class Scheduler:
         config: Config,
         store: ResultStore,
         metrics: ExporterMetrics,
+        *,
+        blocking: BlockingPool | None = None,
     ) -> None:
         self._store = store
+        self._blocking = blocking
         self._metrics = metrics
         self._heap: list[tuple[float, int, JobKey]] = []
         self._queued: set[JobKey] = set()
@@ -153,7 +157,9 @@ class Scheduler:
                 self._metrics.scheduler_lag.observe(max(0.0, loop.time() - due))
                 self._metrics.in_flight.inc()
                 try:
-                    outcome = await run_check(job.spec, job.target, job.settings, job.timeout)
+                    outcome = await run_check(
+                        job.spec, job.target, job.settings, job.timeout, blocking=self._blocking
+                    )
                 finally:
                     self._metrics.in_flight.dec()
             result = outcome.result
@@ -162,6 +168,8 @@ class Scheduler:
                 return  # removed or changed by a reload while it ran
             previous = self._store.record(current, result, time.time())
             self._metrics.count_check(job.check, result.result.value)
+            if outcome.defect:
+                self._metrics.check_defects.labels(job.check).inc()
             _log_transition(job, previous, result.result, result.detail)
         finally:
             self._running.discard(job.key)
