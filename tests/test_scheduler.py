@@ -173,6 +173,28 @@ async def test_a_crashing_check_becomes_a_classified_result() -> None:
     assert healthy.result.ok
 
 
+async def test_check_defects_are_counted_per_check() -> None:
+    """Every run that ends in a defect counts in check_defects_total; a mapped failure does not."""
+    fake = FakeCheck()
+    fake.release.set()
+
+    async def crash(target: Target) -> None:
+        if target.port != 3:
+            raise RuntimeError("bug in a check")
+        raise ConnectionRefusedError  # a network failure, no defect
+
+    fake.behaviour = crash
+    config = make_config(["10.0.0.1:1", "10.0.0.2:2", "10.0.0.1:3"], fake)
+    store, metrics = ResultStore(config.source.value), ExporterMetrics()
+    task = asyncio.create_task(Scheduler(config, store, metrics).run())
+    await wait_until(lambda: len(store) == 3)
+    await stop(task)
+    defects = metrics.registry.get_sample_value(
+        "certero_flow_exporter_check_defects_total", {"check": "tcp"}
+    )
+    assert defects == 2
+
+
 async def test_hard_timeout_ends_a_hanging_check() -> None:
     """A check that never returns is cut at its timeout and recorded as timeout."""
     fake = FakeCheck()  # never released
