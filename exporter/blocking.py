@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from exporter.errors import ExporterFault
 
@@ -67,16 +68,26 @@ class Deadline:
 
 
 class BlockingPool:
-    """A fixed number of worker threads for blocking calls, with a bounded wait queue."""
+    """A fixed number of worker threads for blocking calls, with a bounded wait queue.
+
+    The threads start with the pool, not on first use: starting a thread waits for it to run,
+    and starting dozens from the event loop while other threads hold the interpreter lock
+    stalled the loop for 50-180 ms in `bench/bench_blocking.py`. They are daemon threads, so a
+    library call that breaks the deadline contract cannot hold the process's exit.
+    """
 
     def __init__(self, workers: int, *, queue_limit: int | None = None) -> None:
         self.workers = workers
         self.queue_limit = workers if queue_limit is None else queue_limit
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blocking")
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._lock = threading.Condition()
         self._admitted = 0  # running plus waiting
         self._busy = 0
         self._max_busy = 0
+        self._closed = False
+        for index in range(workers):
+            name = f"blocking-{index}"
+            threading.Thread(target=self._serve, name=name, daemon=True).start()
 
     @property
     def busy(self) -> int:
@@ -97,36 +108,46 @@ class BlockingPool:
     ) -> T:
         """Run `fn(deadline, *args, **kwargs)` on a worker and wait for its result.
 
-        Raises ExporterFault when every worker is busy and the queue is full.
+        Raises ExporterFault when every worker is busy and the queue is full. Cancelling the
+        awaiting task (the check's deadline) drops a call still waiting; a running call keeps
+        its worker until it returns.
         """
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the blocking pool is shut down")
             if self._admitted >= self.workers + self.queue_limit:
                 raise ExporterFault(
                     f"no free worker for blocking checks ({self.workers} busy, "
                     f"{self.queue_limit} waiting; scheduler.blocking_workers)"
                 )
             self._admitted += 1
-        call = functools.partial(fn, deadline, *args, **kwargs)
-        try:
-            future = self._executor.submit(self._call, deadline, call)
-        except BaseException:
-            self._release(None)
-            raise
-        future.add_done_callback(self._release)
-        # Cancelling the awaiting task (the check's deadline) cancels a call still waiting;
-        # a running one keeps its worker until it returns.
+            future: Future[T] = Future()
+            future.add_done_callback(self._release)
+            call = functools.partial(fn, deadline, *args, **kwargs)
+            self._work.put(_Work(future, deadline, call))  # under the lock: never after shutdown
         return await asyncio.wrap_future(future)
 
-    def _call(self, deadline: Deadline, call: Callable[[], T]) -> T:
-        with self._lock:
-            self._busy += 1
-            self._max_busy = max(self._max_busy, self._busy)
-        try:
-            deadline.timeout()  # a call that waited past its deadline is not started
-            return call()
-        finally:
+    def _serve(self) -> None:
+        """One worker: take calls until the pool shuts down."""
+        while (work := self._work.get()) is not None:
+            if not work.future.set_running_or_notify_cancel():
+                continue  # its check gave up while it waited
+            with self._lock:
+                self._busy += 1
+                self._max_busy = max(self._max_busy, self._busy)
+            try:
+                work.deadline.timeout()  # a call that waited past its deadline is not started
+                result = work.call()
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting check
+                outcome: tuple[object, BaseException | None] = (None, exc)
+            else:
+                outcome = (result, None)
             with self._lock:
                 self._busy -= 1
+            if outcome[1] is not None:
+                work.future.set_exception(outcome[1])
+            else:
+                work.future.set_result(outcome[0])
 
     def _release(self, _future: object) -> None:
         with self._lock:
@@ -147,4 +168,23 @@ class BlockingPool:
 
     def shutdown(self) -> None:
         """Drop waiting calls; running ones finish on their own (their deadlines end them)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+        while True:
+            try:
+                work = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if work is not None:
+                work.future.cancel()
+        for _ in range(self.workers):
+            self._work.put(None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    """One admitted call: its future, its deadline and the call itself."""
+
+    future: Future[Any]
+    deadline: Deadline
+    call: Callable[[], Any]
