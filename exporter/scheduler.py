@@ -162,14 +162,14 @@ class Scheduler:
                     )
                 finally:
                     self._metrics.in_flight.dec()
+            if outcome.defect:
+                self._metrics.check_defects.labels(job.check).inc()
             result = outcome.result
             current = self._jobs.get(job.key)
             if current is None or current.check != job.check:
                 return  # removed or changed by a reload while it ran
             previous = self._store.record(current, result, time.time())
             self._metrics.count_check(job.check, result.result.value)
-            if outcome.defect:
-                self._metrics.check_defects.labels(job.check).inc()
             _log_transition(job, previous, result.result, result.detail)
         finally:
             self._running.discard(job.key)

@@ -16,6 +16,8 @@ from exporter.result import CheckResult, Result
 from exporter.scheduler import Scheduler
 from exporter.selfmetrics import ExporterMetrics
 from exporter.store import ResultStore
+from exporter.web import ExporterState
+from exporter.web import _run_limited as run_probe_limited
 
 DEADLINE = 10.0  # generous bound for conditions that hold within milliseconds
 
@@ -193,6 +195,25 @@ async def test_check_defects_are_counted_per_check() -> None:
         "certero_flow_exporter_check_defects_total", {"check": "tcp"}
     )
     assert defects == 2
+
+
+async def test_probe_runs_count_check_defects_too() -> None:
+    """A /probe run that ends in a defect counts in check_defects_total like a scheduled one."""
+    fake = FakeCheck()
+    fake.release.set()
+
+    async def crash(target: Target) -> None:
+        raise RuntimeError("bug in a check")
+
+    fake.behaviour = crash
+    config = make_config(["10.0.0.1:1"], fake)
+    state = ExporterState(config=config, config_path=None, store=ResultStore("x"))
+    outcome = await run_probe_limited(state, config.jobs[0], 1.0, debug=False)
+    assert outcome.result.result is Result.SERVICE_ERROR
+    defects = state.metrics.registry.get_sample_value(
+        "certero_flow_exporter_check_defects_total", {"check": "tcp"}
+    )
+    assert defects == 1
 
 
 async def test_hard_timeout_ends_a_hanging_check() -> None:
