@@ -1,20 +1,32 @@
 """Exception → result class, in one place.
 
 Checks let OS, resolver and TLS errors propagate; this module turns them into the bounded
-`Result` classes and a one-line detail. The most specific match comes first, as the order of
-the tests below is the order of Python's exception hierarchy (e.g. ConnectionRefusedError is
-an OSError, SSLCertVerificationError is an SSLError).
+`Result` classes and a one-line detail. A check whose library has errors of its own (ldap3,
+pymssql, oracledb) registers a `Classifier` on its `CheckSpec`, consulted first: the one place
+where that library's errors and codes become classes. Then the most specific generic match
+comes first, as the order of the tests below is the order of Python's exception hierarchy
+(e.g. ConnectionRefusedError is an OSError, SSLCertVerificationError is an SSLError).
+
+An exception neither mapping knows is a defect of the check: `service_error` "check failed
+unexpectedly", which the runner counts and logs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import socket
 import ssl
+from collections.abc import Callable
 
 from exporter.errors import CheckFailure, ExporterFault
 from exporter.result import Phase, Result
+
+Classifier = Callable[[BaseException, Phase | None], tuple[Result, str] | None]
+"""A check's own exception mapping: its library's errors → (class, detail), None for others.
+
+It gets the phase too, since one library error can mean different things in different phases
+(a closed connection during the handshake or during the login).
+"""
 
 # Errors that say the path to the host is closed rather than the service: a router or a
 # firewall answered (ICMP unreachable / admin-prohibited), or the local policy refused.
@@ -60,23 +72,33 @@ _NOT_TLS_REASONS = frozenset(
 
 # The peer accepted, then went away (reset, EOF, broken pipe) before the exchange was done.
 _CLOSED_BY_PEER = (
-    asyncio.IncompleteReadError,
-    EOFError,
+    EOFError,  # asyncio.IncompleteReadError too
     ConnectionResetError,
     BrokenPipeError,
     ConnectionAbortedError,
 )
 
 
-def is_expected(exc: BaseException) -> bool:
-    """True for failures of the network or the peer; False for a defect in a check."""
-    return isinstance(
-        exc, CheckFailure | ExporterFault | OSError | EOFError | asyncio.IncompleteReadError
-    )
+def is_expected(
+    exc: BaseException, check_classify: Classifier | None = None, phase: Phase | None = None
+) -> bool:
+    """True for failures of the network, the peer or a check's library; False for a defect."""
+    if check_classify is not None and check_classify(exc, phase) is not None:
+        return True
+    return isinstance(exc, CheckFailure | ExporterFault | OSError | EOFError)
 
 
-def classify(exc: BaseException, phase: Phase | None) -> tuple[Result, str]:  # noqa: PLR0911 - a flat dispatch, most specific first
-    """Return the result class and a one-line detail for an exception raised by a check."""
+def classify(  # noqa: PLR0911 - a flat dispatch, most specific first
+    exc: BaseException, phase: Phase | None, check_classify: Classifier | None = None
+) -> tuple[Result, str]:
+    """Return the result class and a one-line detail for an exception raised by a check.
+
+    `check_classify`, the check's own mapping, is consulted before the generic one.
+    """
+    if check_classify is not None:
+        mapped = check_classify(exc, phase)
+        if mapped is not None:
+            return mapped
     where = f" during {phase.value}" if phase is not None else ""
     if isinstance(exc, CheckFailure):
         return exc.result, exc.detail
@@ -126,6 +148,4 @@ def _classify_os_error(exc: OSError, where: str) -> tuple[Result, str]:
         return Result.REFUSED, "connection refused (port closed or reset by a firewall)"
     if code in _UNREACHABLE_ERRNOS:
         return Result.UNREACHABLE, f"{reason} (no route, or rejected by a firewall){where}"
-    if code == errno.ETIMEDOUT:
-        return Result.TIMEOUT, f"timed out{where}"
     return Result.SERVICE_ERROR, f"network error{where}: {reason}"

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from exporter import __version__
+from exporter.blocking import BlockingPool
 from exporter.catalogue import FLOWS
 from exporter.config import Config, Job, effective_check, load_config, parse_endpoint
 from exporter.errors import ConfigError, ConfigProblem
@@ -172,14 +173,16 @@ async def _run_once(config: Config, jobs: list[Job], *, show_progress: bool) -> 
         transient=True,
     )
     reports: dict[int, FlowReport] = {}
-    with progress:
+    with progress, BlockingPool(config.file.scheduler.blocking_workers) as blocking:
         task = progress.add_task("flows", total=len(jobs), failed=0)
         failed = 0
 
         async def run(index: int, job: Job) -> None:
             nonlocal failed
             async with host_limits[job.target.host], slots:
-                outcome = await run_check(job.spec, job.target, job.settings, job.timeout)
+                outcome = await run_check(
+                    job.spec, job.target, job.settings, job.timeout, blocking=blocking
+                )
             reports[index] = FlowReport(job, source, outcome.result)
             failed += not outcome.result.ok
             progress.update(task, advance=1, failed=failed)

@@ -188,6 +188,9 @@ class SchedulerSettings(StrictModel):
     jitter: float = Field(default=0.05, ge=0.0, le=0.5)
     max_hosts_per_network: int = Field(default=4096, ge=1, le=1 << 20)
     max_pairs: int = Field(default=DEFAULT_MAX_PAIRS, ge=1, le=10_000_000)
+    # Threads for checks whose library blocks (ldap3, pymssql); as many calls again may wait.
+    # Read at start-up: a reload that changes it applies at the next restart.
+    blocking_workers: int = Field(default=32, ge=1, le=1024)
 
 
 def _allow_pattern(value: object) -> AllowPattern:

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Iterator, Mapping
 
+from exporter.blocking import BlockingPool
 from exporter.config import Config, Job
 from exporter.result import Result
 from exporter.runner import run_check
@@ -37,8 +38,11 @@ class Scheduler:
         config: Config,
         store: ResultStore,
         metrics: ExporterMetrics,
+        *,
+        blocking: BlockingPool | None = None,
     ) -> None:
         self._store = store
+        self._blocking = blocking
         self._metrics = metrics
         self._heap: list[tuple[float, int, JobKey]] = []
         self._queued: set[JobKey] = set()
@@ -153,9 +157,13 @@ class Scheduler:
                 self._metrics.scheduler_lag.observe(max(0.0, loop.time() - due))
                 self._metrics.in_flight.inc()
                 try:
-                    outcome = await run_check(job.spec, job.target, job.settings, job.timeout)
+                    outcome = await run_check(
+                        job.spec, job.target, job.settings, job.timeout, blocking=self._blocking
+                    )
                 finally:
                     self._metrics.in_flight.dec()
+            if outcome.defect:
+                self._metrics.check_defects.labels(job.check).inc()
             result = outcome.result
             current = self._jobs.get(job.key)
             if current is None or current.check != job.check:

@@ -7,6 +7,7 @@ import platform
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from exporter import __version__
+from exporter.blocking import BlockingPool
 
 
 class ExporterMetrics:
@@ -52,6 +53,24 @@ class ExporterMetrics:
         )
         for reason in ("policy", "concurrency", "exporter_error"):
             self.probe_rejected.labels(reason)
+        self.check_defects = Counter(
+            "certero_flow_exporter_check_defects",
+            "Check runs that raised an error no mapping knows (a defect of the check, logged "
+            "once per check and error type); each became a service_error result.",
+            ["check"],
+            registry=self.registry,
+        )
+        self.blocking_workers_busy = Gauge(
+            "certero_flow_exporter_blocking_workers_busy",
+            "Worker threads running a blocking library call, including calls whose check "
+            "already timed out (they return at their own socket timeout).",
+            registry=self.registry,
+        )
+        self.blocking_workers = Gauge(
+            "certero_flow_exporter_blocking_workers",
+            "Worker threads for blocking library calls (scheduler.blocking_workers).",
+            registry=self.registry,
+        )
         self.reload_success = Gauge(
             "certero_flow_exporter_config_last_reload_successful",
             "1 if the last config load or reload succeeded.",
@@ -76,6 +95,11 @@ class ExporterMetrics:
         if child is None:
             child = self._check_children[(check, result)] = self.checks.labels(check, result)
         child.inc()
+
+    def watch_blocking_pool(self, pool: BlockingPool) -> None:
+        """Report the pool's size and busy workers, read at every scrape."""
+        self.blocking_workers.set(pool.workers)
+        self.blocking_workers_busy.set_function(lambda: pool.busy)
 
     def render(self) -> bytes:
         """The self-metrics in the text format."""

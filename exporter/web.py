@@ -25,6 +25,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from exporter import __version__
+from exporter.blocking import BlockingPool
 from exporter.catalogue import FLOWS_BY_ID
 from exporter.checks import CHECKS
 from exporter.collector import (
@@ -150,6 +151,7 @@ class ExporterState:
     loader: _LoaderThread = field(default_factory=_LoaderThread)
     web: WebSecurity | None = None  # set when serving with a web config, which reloads too
     reloads: set[asyncio.Task[ConfigError | None]] = field(default_factory=set)
+    blocking: BlockingPool | None = None  # owned by _blocking_context
 
     async def reload(self) -> ConfigError | None:
         """Load the config file again; a bad file is rejected and the running config kept.
@@ -227,17 +229,27 @@ def make_app(
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_post("/-/reload", reload)
+    app.cleanup_ctx.append(_blocking_context)  # first: the scheduler's checks use it
     if run_scheduler:
         app.cleanup_ctx.append(_scheduler_context)
     app.on_shutdown.append(_cancel_reloads)
     return app
 
 
+async def _blocking_context(app: web.Application) -> AsyncIterator[None]:
+    """The worker pool of blocking checks lives as long as the app, for scheduler and /probe."""
+    state = app[STATE]
+    state.blocking = BlockingPool(state.config.file.scheduler.blocking_workers)
+    state.metrics.watch_blocking_pool(state.blocking)
+    yield
+    state.blocking.shutdown()
+
+
 async def _scheduler_context(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     state.metrics.reload_success.set(1)
     state.metrics.reload_timestamp.set(time.time())
-    state.scheduler = Scheduler(state.config, state.store, state.metrics)
+    state.scheduler = Scheduler(state.config, state.store, state.metrics, blocking=state.blocking)
     task = asyncio.create_task(state.scheduler.run(), name="scheduler")
     loop = asyncio.get_running_loop()
     hup = getattr(signal, "SIGHUP", None)
@@ -389,10 +401,17 @@ async def _run_limited(
     state.probes_running += 1
     try:
         outcome = await run_check(
-            job.spec, job.target, job.settings, deadline_seconds, capture_log=debug
+            job.spec,
+            job.target,
+            job.settings,
+            deadline_seconds,
+            capture_log=debug,
+            blocking=state.blocking,
         )
     finally:
         state.probes_running -= 1
+    if outcome.defect:
+        state.metrics.check_defects.labels(job.check).inc()
     if outcome.result.result is Result.EXPORTER_ERROR:
         state.metrics.probe_rejected.labels("exporter_error").inc()
         raise web.HTTPServiceUnavailable(text=f"{outcome.result.detail}\n")

@@ -16,6 +16,8 @@ from exporter.result import CheckResult, Result
 from exporter.scheduler import Scheduler
 from exporter.selfmetrics import ExporterMetrics
 from exporter.store import ResultStore
+from exporter.web import ExporterState
+from exporter.web import _run_limited as run_probe_limited
 
 DEADLINE = 10.0  # generous bound for conditions that hold within milliseconds
 
@@ -171,6 +173,47 @@ async def test_a_crashing_check_becomes_a_classified_result() -> None:
     healthy = store.get(("fake", "10.0.0.1:2"))
     assert healthy is not None
     assert healthy.result.ok
+
+
+async def test_check_defects_are_counted_per_check() -> None:
+    """Every run that ends in a defect counts in check_defects_total; a mapped failure does not."""
+    fake = FakeCheck()
+    fake.release.set()
+
+    async def crash(target: Target) -> None:
+        if target.port != 3:
+            raise RuntimeError("bug in a check")
+        raise ConnectionRefusedError  # a network failure, no defect
+
+    fake.behaviour = crash
+    config = make_config(["10.0.0.1:1", "10.0.0.2:2", "10.0.0.1:3"], fake)
+    store, metrics = ResultStore(config.source.value), ExporterMetrics()
+    task = asyncio.create_task(Scheduler(config, store, metrics).run())
+    await wait_until(lambda: len(store) == 3)
+    await stop(task)
+    defects = metrics.registry.get_sample_value(
+        "certero_flow_exporter_check_defects_total", {"check": "tcp"}
+    )
+    assert defects == 2
+
+
+async def test_probe_runs_count_check_defects_too() -> None:
+    """A /probe run that ends in a defect counts in check_defects_total like a scheduled one."""
+    fake = FakeCheck()
+    fake.release.set()
+
+    async def crash(target: Target) -> None:
+        raise RuntimeError("bug in a check")
+
+    fake.behaviour = crash
+    config = make_config(["10.0.0.1:1"], fake)
+    state = ExporterState(config=config, config_path=None, store=ResultStore("x"))
+    outcome = await run_probe_limited(state, config.jobs[0], 1.0, debug=False)
+    assert outcome.result.result is Result.SERVICE_ERROR
+    defects = state.metrics.registry.get_sample_value(
+        "certero_flow_exporter_check_defects_total", {"check": "tcp"}
+    )
+    assert defects == 1
 
 
 async def test_hard_timeout_ends_a_hanging_check() -> None:

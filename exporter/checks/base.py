@@ -1,7 +1,8 @@
 """The one shape every protocol check shares.
 
 A check is `async def run(target, settings, context) -> CheckResult`. The context carries the
-deadline, times phases, collects per-run debug lines (for `/probe?debug=true`), and gathers
+deadline, times phases, runs blocking library calls on the exporter's pool
+(`exporter.blocking`), collects per-run debug lines (for `/probe?debug=true`), and gathers
 what was learnt about the peer so that a failure still reports it (a certificate that failed
 verification still has an expiry date).
 """
@@ -16,14 +17,19 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from exporter.blocking import BlockingPool, Deadline
+from exporter.classify import Classifier
+from exporter.errors import ExporterFault
 from exporter.result import CheckResult, PeerInfo, Phase, Result
 from exporter.secrets import hide_secrets, secret_fields
 
 logger = logging.getLogger("exporter.checks")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class CheckSettings(BaseModel):
@@ -71,8 +77,15 @@ def _literal_family(host: str) -> socket.AddressFamily | None:
 class CheckContext:
     """Per-run state handed to a check: deadline, phase timer, debug log and peer facts."""
 
-    def __init__(self, timeout_seconds: float, *, capture_log: bool = False) -> None:
+    def __init__(
+        self,
+        timeout_seconds: float,
+        *,
+        capture_log: bool = False,
+        blocking: BlockingPool | None = None,
+    ) -> None:
         self.timeout_seconds = timeout_seconds
+        self.blocking = blocking
         self.started = time.perf_counter()
         self.phases: dict[Phase, float] = {}
         self.current_phase: Phase | None = None
@@ -88,6 +101,20 @@ class CheckContext:
     def remaining(self) -> float:
         """Seconds left before the hard deadline of this run."""
         return max(0.0, self.timeout_seconds - (time.perf_counter() - self.started))
+
+    async def run_blocking(
+        self, fn: Callable[Concatenate[Deadline, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run a blocking library call on the exporter's pool, never on the event loop.
+
+        `fn` gets this run's `Deadline` first and must give every socket `deadline.timeout()`
+        (the contract in `exporter.blocking`), so that a call abandoned at the deadline frees
+        its worker soon after.
+        """
+        if self.blocking is None:
+            raise ExporterFault("no worker pool for blocking checks in this process")
+        deadline = Deadline(time.perf_counter() + self.remaining())
+        return await self.blocking.run(deadline, fn, *args, **kwargs)
 
     @contextmanager
     def phase(self, phase: Phase) -> Iterator[None]:
@@ -139,19 +166,23 @@ class CheckContext:
 
 
 SettingsT = TypeVar("SettingsT", bound=CheckSettings)
-CheckFunction = Callable[[Target, SettingsT, CheckContext], Awaitable[CheckResult]]
 
 
 @dataclass(frozen=True, slots=True)
 class CheckSpec(Generic[SettingsT]):
-    """Registration of one protocol check: its id, settings model and coroutine."""
+    """Registration of one protocol check: its id, settings model and coroutine.
+
+    `classify` maps the errors of the check's library (ldap3, pymssql, ...) in one place, the
+    most specific first, with the library's codes in the detail; `exporter.classify` consults
+    it before the generic mapping, and anything it returns None for falls through to that.
+    """
 
     name: str
     settings_model: type[SettingsT]
     run: Callable[[Target, SettingsT, CheckContext], Awaitable[CheckResult]]
     summary: str
     uses_port: bool = True
-    uses_tls: bool = False
+    classify: Classifier | None = None
 
 
 AnyCheckSpec = CheckSpec[Any]

@@ -355,7 +355,5 @@ def _server_identity(server: str) -> PeerInfo | None:
     return PeerInfo(product=product[:64], version=version[:64])
 
 
-HTTPS_SPEC = CheckSpec(
-    "https", HttpSettings, run_https, "HTTPS request: TLS, status, body", uses_tls=True
-)
+HTTPS_SPEC = CheckSpec("https", HttpSettings, run_https, "HTTPS request: TLS, status, body")
 HTTP_SPEC = CheckSpec("http", HttpSettings, run_http, "Plain HTTP request: status, body")

@@ -31,6 +31,4 @@ def expiry_note(context: CheckContext) -> str:
     return f", certificate expires in {days:.0f} days"
 
 
-SPEC = CheckSpec(
-    "tls", TlsSettings, run, "TLS handshake with certificate verification", uses_tls=True
-)
+SPEC = CheckSpec("tls", TlsSettings, run, "TLS handshake with certificate verification")

@@ -203,3 +203,98 @@ def test_credential_error_is_exporter_error_naming_the_reference() -> None:
         "not checked: environment variable LDAP_PASSWORD is not set",
     )
     assert is_expected(error)
+
+
+class FakeLibraryError(Exception):
+    """Stands in for a library's own error type (ldap3's LDAPException, pymssql's Error)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        super().__init__(f"result {code}")
+
+
+_FAKE_CODES = {
+    49: (Result.AUTH_FAILED, "invalidCredentials"),
+    32: (Result.SERVICE_ERROR, "noSuchObject"),
+}
+
+
+def classify_fake_library(exc: BaseException, phase: Phase | None) -> tuple[Result, str] | None:
+    """A check's mapping of its library's errors: the code named in the detail."""
+    if not isinstance(exc, FakeLibraryError):
+        return None
+    result, name = _FAKE_CODES.get(exc.code, (Result.SERVICE_ERROR, "unknown result"))
+    where = f" during {phase.value}" if phase is not None else ""
+    return result, f"{name} ({exc.code}){where}"
+
+
+def test_check_mapping_is_consulted_before_the_generic_one() -> None:
+    """A library error becomes the class the check's mapping gives, with its code in the detail."""
+    error = FakeLibraryError(49)
+    assert classify(error, Phase.AUTH, classify_fake_library) == (
+        Result.AUTH_FAILED,
+        "invalidCredentials (49) during auth",
+    )
+    assert is_expected(error, classify_fake_library, Phase.AUTH)
+    assert not is_expected(error)  # without the check's mapping it would be a defect
+
+
+def test_errors_the_check_mapping_leaves_fall_through_to_the_generic_one() -> None:
+    """An OS error in a check with its own mapping is still classified the generic way."""
+    error = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+    result, _ = classify(error, Phase.CONNECT, classify_fake_library)
+    assert result is Result.REFUSED
+
+
+async def _raise_in_auth(error: Exception, context: CheckContext) -> CheckResult:
+    with context.phase(Phase.AUTH):
+        raise error
+
+
+async def test_runner_uses_the_spec_mapping_and_counts_no_defect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """run_check passes the spec's mapping: a mapped library error is no defect and not logged."""
+
+    async def run(target: Target, settings: _NoSettings, context: CheckContext) -> CheckResult:
+        return await _raise_in_auth(FakeLibraryError(32), context)
+
+    spec = CheckSpec("fake_library", _NoSettings, run, "raises", classify=classify_fake_library)
+    outcome = await run_check(spec, Target("127.0.0.1", 1), _NoSettings(), 1.0)
+    assert outcome.result.result is Result.SERVICE_ERROR
+    assert outcome.result.detail == "noSuchObject (32) during auth"
+    assert not outcome.defect
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
+async def test_a_defect_is_flagged_every_run_and_logged_once_per_error_type(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unmapped error is service_error and a defect each run; logged once per check and type."""
+    errors: list[Exception] = [KeyError("a"), KeyError("b"), ValueError("c"), ValueError("d")]
+
+    async def run(target: Target, settings: _NoSettings, context: CheckContext) -> CheckResult:
+        return await _raise_in_auth(errors.pop(0), context)
+
+    spec = CheckSpec("defective", _NoSettings, run, "raises", classify=classify_fake_library)
+    outcomes = [await run_check(spec, Target("127.0.0.1", 1), _NoSettings(), 1.0) for _ in range(4)]
+    assert [outcome.defect for outcome in outcomes] == [True] * 4
+    assert {outcome.result.result for outcome in outcomes} == {Result.SERVICE_ERROR}
+    logged = [record for record in caplog.records if "check=defective " in record.getMessage()]
+    assert [record.levelname for record in logged] == ["ERROR", "ERROR"]
+    assert "error=builtins.KeyError " in logged[0].getMessage()
+    assert "error=builtins.ValueError " in logged[1].getMessage()
+    assert all(record.exc_info is not None for record in logged)  # with the traceback
+
+
+async def test_a_timeout_of_the_checks_own_is_classified_not_blamed_on_the_deadline() -> None:
+    """A TimeoutError raised inside the check (a socket's own timeout) names its phase."""
+
+    async def run(target: Target, settings: _NoSettings, context: CheckContext) -> CheckResult:
+        return await _raise_in_auth(TimeoutError(), context)
+
+    spec = CheckSpec("own_timeout", _NoSettings, run, "times out on its own")
+    outcome = await run_check(spec, Target("127.0.0.1", 1), _NoSettings(), 10.0)
+    assert outcome.result.result is Result.TIMEOUT
+    assert outcome.result.detail == "timed out during auth"
+    assert not outcome.defect
