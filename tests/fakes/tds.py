@@ -249,8 +249,10 @@ def browser_answer(instances: dict[str, int]) -> Answer:
 
 
 @contextlib.asynccontextmanager
-async def browser(instances: dict[str, int], host: str = "127.0.0.1") -> AsyncIterator[UdpPeer]:
-    """Serve the Browser on a free UDP port of `host`."""
+async def browser(
+    instances: dict[str, int], host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[UdpPeer]:
+    """Serve the Browser on UDP `host`:`port` (a free port when 0)."""
     answer = browser_answer(instances)
-    async with udp_peer(answer, host) as peer:
+    async with udp_peer(answer, host, port) as peer:
         yield peer
