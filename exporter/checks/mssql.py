@@ -58,6 +58,7 @@ _ENCRYPTION_WORDS = {
     0x02: "encryption not supported",
     0x03: "encryption required",
 }
+_SERVER_MESSAGE = re.compile(r"(?:Login failed|Cannot open database)[^\n]{0,120}?\.(?=\s|$|DB-Lib)")
 _RELEASES = {16: "2022", 15: "2019", 14: "2017", 13: "2016", 12: "2014", 11: "2012", 10: "2008"}
 # SQL Server's login errors (sys.messages); each is a wrong or unusable credential.
 _LOGIN_ERRORS = {
@@ -390,7 +391,11 @@ def classify(error: BaseException, phase: Phase | None) -> tuple[Result, str] | 
     text = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
     first = " ".join(text.split())[:160]
     if code in _LOGIN_ERRORS:
-        return Result.AUTH_FAILED, f"SQL Server error {code} ({_LOGIN_ERRORS[code]}): {first}"
+        # pymssql's text holds the server's own message only sometimes (it keeps the last
+        # FreeTDS messages of the thread); the number is what is always there.
+        said = _SERVER_MESSAGE.search(text)
+        quoted = f": {said.group(0)}" if said else ""
+        return Result.AUTH_FAILED, f"SQL Server error {code} ({_LOGIN_ERRORS[code]}){quoted}"
     if "Connection refused" in text:
         return Result.REFUSED, f"pymssql error {code}: connection refused"
     if "timed out" in text:

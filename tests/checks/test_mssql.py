@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pydantic
+import pymssql
 import pytest
 
 from exporter.blocking import BlockingPool
@@ -140,7 +141,7 @@ async def test_wrong_password_is_auth_failed_with_18456(pool: BlockingPool) -> N
         settings = MssqlSettings(username=USER, password="not-the-password")
         result = await _mssql(fake.port, settings, pool=pool)
     assert result.result is Result.AUTH_FAILED
-    assert result.detail.startswith("SQL Server error 18456 (login failed): Login failed for user")
+    assert result.detail.startswith("SQL Server error 18456 (login failed)")
     assert "not-the-password" not in result.detail
     assert result.peer == PeerInfo(product="SQL Server", version="16.0.4135")
     assert fake.logins == [(USER, False)]
@@ -301,3 +302,48 @@ def test_misspelt_setting_is_named() -> None:
             "flows: {mssql_app_db: {instnace: SQLEXPRESS}}\n",
             "inline.yaml",
         )
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "result", "detail"),
+    [
+        (
+            18456,
+            b"Login failed for user 'monitor'.DB-Lib error message 20018, severity 14:\n",
+            Result.AUTH_FAILED,
+            "SQL Server error 18456 (login failed): Login failed for user 'monitor'.",
+        ),
+        (
+            18486,
+            b"DB-Lib error message 20018",
+            Result.AUTH_FAILED,
+            "SQL Server error 18486 (account locked out)",
+        ),
+        (
+            20009,
+            b"DB-Lib error message 20009, severity 9:\nUnable to connect\nNet-Lib error during Connection refused (111)\n",
+            Result.REFUSED,
+            "pymssql error 20009: connection refused",
+        ),
+        (
+            20003,
+            b"DB-Lib error message 20003, severity 6:\nAdaptive Server connection timed out\n",
+            Result.TIMEOUT,
+            "pymssql error 20003: DB-Lib error message 20003, severity 6: Adaptive Server connection timed out",
+        ),
+        (
+            20002,
+            b"DB-Lib error message 20002, severity 9:\nAdaptive Server connection failed\n",
+            Result.SERVICE_ERROR,
+            "pymssql error 20002: DB-Lib error message 20002, severity 9: Adaptive Server connection failed",
+        ),
+    ],
+)
+def test_pymssql_errors_are_classified(
+    code: int, message: bytes, result: Result, detail: str
+) -> None:
+    """pymssql's `OperationalError((code, message))` becomes a class with the number in the detail."""
+    error = pymssql.OperationalError((code, message))
+    assert CHECKS["mssql"].classify is not None
+    assert CHECKS["mssql"].classify(error, Phase.AUTH) == (result, detail)
+    assert CHECKS["mssql"].classify(ValueError("other"), Phase.AUTH) is None
