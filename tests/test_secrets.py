@@ -19,6 +19,7 @@ from exporter.checks.https import HttpSettings
 from exporter.config import parse_config
 from exporter.errors import ConfigError, CredentialError
 from exporter.secrets import Secret, SecretRef, redact_url, reveal, unreadable_secrets
+from tests.fakes.tds import TdsFake, tds_server_thread
 from tests.peers.exporter import RunningExporter, run_exporter
 
 POLL_DEADLINE_S = 20.0
@@ -27,7 +28,9 @@ INLINE_PATH = "S3CR3T-INLINE-PATH-91bd"
 FILE_HEADER = "S3CR3T-FILE-HDR-c0de"
 ENV_QUERY = "S3CR3T-ENV-QUERY-42ab"
 ENV_COOKIE = "S3CR3T-ENV-COOKIE-5e6f"
-SECRETS = (INLINE_HEADER, INLINE_PATH, FILE_HEADER, ENV_QUERY, ENV_COOKIE)
+SQL_WRONG_PASSWORD = "S3CR3T-SQL-WRONG-PW-2b1c"
+SECRETS = (INLINE_HEADER, INLINE_PATH, FILE_HEADER, ENV_QUERY, ENV_COOKIE, SQL_WRONG_PASSWORD)
+SQL_USER = "monitor"
 QUERY_VARIABLE = "CFE_TEST_QUERY_TOKEN"
 COOKIE_VARIABLE = "CFE_TEST_COOKIE"
 MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs for seconds only
@@ -284,6 +287,13 @@ def peers() -> Iterator[tuple[CapturingPeer, CapturingPeer]]:
         yield own, other
 
 
+@pytest.fixture
+def sql() -> Iterator[TdsFake]:
+    """The SQL Server of the SQL flows: it takes the file's secret as the login's password."""
+    with tds_server_thread(SQL_USER, FILE_HEADER) as fake:
+        yield fake
+
+
 def write_config(path: Path, secret_file: Path, port: int, extra: str = "") -> None:
     """Four flows carrying secrets inline, by file and by env, in headers, query and path."""
     target = f'"127.0.0.1:{port}"'
@@ -310,7 +320,18 @@ def write_config(path: Path, secret_file: Path, port: int, extra: str = "") -> N
     )
 
 
-FLOWS = ("api_inline", "api_by_reference", "api_redirect", "api_failing")
+def sql_flows(secret_file: Path, port: int) -> str:
+    """A SQL login whose password is the file's secret, and one with a wrong inline password."""
+    target = f'"127.0.0.1:{port}"'
+    return (
+        f"  - id: sql_login\n    check: mssql\n    target: {target}\n"
+        f"    username: {SQL_USER}\n    password: {{file: {secret_file}}}\n"
+        f"  - id: sql_wrong\n    check: mssql\n    target: {target}\n"
+        f"    username: {SQL_USER}\n    password: {SQL_WRONG_PASSWORD}\n"
+    )
+
+
+FLOWS = ("api_inline", "api_by_reference", "api_redirect", "api_failing", "sql_login", "sql_wrong")
 
 
 def wait_for_every_flow(exporter: RunningExporter) -> str:
@@ -339,6 +360,7 @@ def test_no_output_surface_shows_a_secret(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     peers: tuple[CapturingPeer, CapturingPeer],
+    sql: TdsFake,
 ) -> None:
     """Metrics, page, probe debug, debug log, check output, validate and reload errors show
     no secret, while the flow's own target did receive every one of them."""
@@ -348,16 +370,15 @@ def test_no_output_surface_shows_a_secret(
     monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
     monkeypatch.setenv(COOKIE_VARIABLE, ENV_COOKIE)
     config = tmp_path / "config.yaml"
-    write_config(config, secret_file, own.port)
+    write_config(config, secret_file, own.port, sql_flows(secret_file, sql.port))
     surfaces: dict[str, str] = {}
 
     with run_exporter(config, tmp_path, global_args=["--log-level", "debug"]) as exporter:
         surfaces["/metrics"] = wait_for_every_flow(exporter)
         surfaces["/"] = exporter.get("/")[1]
         for flow in FLOWS:
-            status, body = exporter.get(
-                f"/probe?module={flow}&target=127.0.0.1:{own.port}&debug=true"
-            )
+            port = sql.port if flow.startswith("sql_") else own.port
+            status, body = exporter.get(f"/probe?module={flow}&target=127.0.0.1:{port}&debug=true")
             assert status == 200
             assert "Logs for the probe" in body
             surfaces[f"/probe {flow}"] = body
@@ -399,6 +420,8 @@ def test_no_output_surface_shows_a_secret(
 
     leaks = {name: found_secrets(text) for name, text in surfaces.items() if found_secrets(text)}
     assert leaks == {}
-    assert sorted(found_secrets(own.text())) == sorted(SECRETS)  # every setting was used
+    http_secrets = [secret for secret in SECRETS if secret != SQL_WRONG_PASSWORD]
+    assert sorted(found_secrets(own.text())) == sorted(http_secrets)  # every setting was used
+    assert {(SQL_USER, True), (SQL_USER, False)} <= set(sql.logins)  # both passwords were sent
     assert other.requests  # the redirect was followed ...
     assert found_secrets(other.text()) == []  # ... without the flow's credentials

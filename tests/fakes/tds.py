@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import struct
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from tests.peers.udp import Answer, UdpPeer, udp_peer
@@ -33,6 +35,7 @@ VERSION_TEXT = "Microsoft SQL Server 2022 (RTM-CU15) (KB5041321) - 16.0.4135.4 (
 SERVER_NAME = "FAKESQL"
 MAX_MESSAGE_BYTES = 64 * 1024  # a LOGIN7 or a short batch; anything longer ends the connection
 MAX_PACKETS = 32
+THREAD_START_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -256,3 +259,24 @@ async def browser(
     answer = browser_answer(instances)
     async with udp_peer(answer, host, port) as peer:
         yield peer
+
+
+@contextlib.contextmanager
+def tds_server_thread(user: str, password: str) -> Iterator[TdsFake]:
+    """The fake SQL Server on a thread of its own, for tests without an event loop."""
+    started: queue.Queue[tuple[TdsFake, asyncio.AbstractEventLoop, asyncio.Event]] = queue.Queue()
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        async with tds_server(user, password) as fake:
+            started.put((fake, asyncio.get_running_loop(), stop))
+            await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    fake, loop, stop = started.get(timeout=THREAD_START_TIMEOUT_S)
+    try:
+        yield fake
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(THREAD_START_TIMEOUT_S)
