@@ -152,9 +152,11 @@ async def run(target: Target, settings: MssqlSettings, context: CheckContext) ->
         if release
         else f"SQL Server {prelogin.version}"
     )
-    encryption = _ENCRYPTION_WORDS.get(prelogin.encryption or 0, "encryption unknown")
-    if prelogin.encryption is None:
-        encryption = "no encryption answer"
+    encryption = (
+        "no encryption answer"
+        if prelogin.encryption is None
+        else _ENCRYPTION_WORDS.get(prelogin.encryption, f"encryption {prelogin.encryption:#04x}")
+    )
     detail = f"{where}{name}, {encryption}"
     if settings.username is None or password is None:
         return context.ok(detail)
@@ -343,7 +345,12 @@ async def run_browser(
     instances = parse_svr_resp(reply.data)
     server = instances[0].server if instances else ""
     listed = _instance_list(instances)
-    context.peer = PeerInfo(product="SQL Server Browser", version=server)
+    # Instance:port pairs as the peer's version: a moved dynamic port shows in the info series.
+    ports = [f"{i.name}:{i.tcp_port or '-'}" for i in instances[:MAX_LISTED_INSTANCES]]
+    more = len(instances) - len(ports)
+    context.peer = PeerInfo(
+        product="SQL Server Browser", version=" ".join(ports) + (f" +{more}" if more > 0 else "")
+    )
     detail = f"{len(instances)} instance(s) on {server}: {listed}"
     if settings.instance is not None:
         wanted = settings.instance.casefold()

@@ -221,13 +221,25 @@ def test_settings_reject_a_malformed_instance_name() -> None:
 
 
 async def test_browser_lists_instances_and_ports() -> None:
-    """CLNT_UCAST_EX lists every instance with its TCP port; the server name is peer info."""
+    """CLNT_UCAST_EX lists every instance with its TCP port, in the detail and the peer info."""
     async with browser({"MSSQLSERVER": 1433, "SQLEXPRESS": 49172}) as sql_browser:
         result = await _browser(sql_browser.port)
     assert result.result is Result.OK, result.detail
     assert result.detail == "2 instance(s) on FAKESQL: MSSQLSERVER tcp 1433, SQLEXPRESS tcp 49172"
-    assert result.peer == PeerInfo(product="SQL Server Browser", version="FAKESQL")
+    assert result.peer == PeerInfo(
+        product="SQL Server Browser", version="MSSQLSERVER:1433 SQLEXPRESS:49172"
+    )
     assert sql_browser.received == [b"\x03"]
+
+
+async def test_browser_peer_info_is_bounded() -> None:
+    """Forty instances: the peer info names sixteen and counts the rest, as the detail does."""
+    async with browser({f"I{n}": 2000 + n for n in range(40)}) as sql_browser:
+        result = await _browser(sql_browser.port)
+    assert result.result is Result.OK
+    assert result.peer is not None
+    assert result.peer.version.endswith("I15:2015 +24")
+    assert result.detail.endswith("I15 tcp 2015 and 24 more")
 
 
 async def test_browser_with_listed_instance_is_ok() -> None:
