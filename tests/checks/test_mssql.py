@@ -3,6 +3,7 @@ closed ports and a silent UDP port."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pydantic
@@ -33,6 +34,7 @@ from tests.peers.udp import silent, udp_peer
 USER = "monitor"
 PASSWORD = "Corr3ct-Horse"
 SHORT_TIMEOUT_S = 0.5
+WORKER_RETURN_BOUND_S = 10.0  # pymssql gives up 1 s after a 0.5 s check; far below this
 
 
 @pytest.fixture
@@ -145,6 +147,19 @@ async def test_wrong_password_is_auth_failed_with_18456(pool: BlockingPool) -> N
     assert "not-the-password" not in result.detail
     assert result.peer == PeerInfo(product="SQL Server", version="16.0.4135")
     assert fake.logins == [(USER, False)]
+
+
+async def test_hung_login_times_out_and_frees_the_worker(pool: BlockingPool) -> None:
+    """A server that never answers LOGIN7: timeout during auth, and pymssql's own login
+    timeout (whole seconds, rounded up from the time left) hands the worker back."""
+    async with tds_server(USER, PASSWORD) as fake:
+        fake.answer_logins = False
+        settings = MssqlSettings(username=USER, password=PASSWORD)
+        result = await _mssql(fake.port, settings, pool=pool, timeout_seconds=SHORT_TIMEOUT_S)
+        assert await asyncio.to_thread(pool.wait_idle, WORKER_RETURN_BOUND_S)
+    assert result.result is Result.TIMEOUT
+    assert result.detail == f"no answer within {SHORT_TIMEOUT_S:g}s during auth"
+    assert fake.logins == [(USER, True)]
 
 
 async def test_named_instance_port_from_the_browser() -> None:

@@ -46,6 +46,7 @@ class TdsFake:
     user: str
     password: str
     logins: list[tuple[str, bool]] = field(default_factory=list)
+    answer_logins: bool = True  # False: LOGIN7 is read and never answered (a hung server)
 
 
 def prelogin_reply() -> bytes:
@@ -196,6 +197,9 @@ async def tds_server(user: str, password: str, host: str = "127.0.0.1") -> Async
                     tds_version, login_user, login_password = parse_login7(payload)
                     accepted = (login_user, login_password) == (fake.user, fake.password)
                     fake.logins.append((login_user, accepted))
+                    if not fake.answer_logins:
+                        await reader.read()  # until the client gives up and closes
+                        break
                     writer.write(
                         _packet(login_ack(tds_version) if accepted else login_error(login_user))
                     )
