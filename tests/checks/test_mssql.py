@@ -76,15 +76,17 @@ async def _browser(
 
 
 def test_prelogin_request_matches_the_specification_layout() -> None:
-    """Our PRELOGIN is the MS-TDS 4.1 sample's layout: same header, tokens and offsets."""
+    """Our PRELOGIN is the MS-TDS 4.1 sample's layout, and our parser reads the sample."""
     sample = bytes.fromhex(
-        "1201002F0000010000001A0006010020000102002100010300220004040026000"
-        "1FF090000000000010 0B80D000001".replace(" ", "")
+        "12 01 00 2F 00 00 01 00 00 00 1A 00 06 01 00 20 00 01 02 00 21 00 01 03 00 22 00 04"
+        " 04 00 26 00 01 FF 09 00 00 00 00 00 01 00 B8 0D 00 00 01"
     )
     ours = build_prelogin()
     assert len(ours) == len(sample) == 47
     assert ours[:8] == sample[:8]
     assert ours[8:34] == sample[8:34]  # the option table: VERSION first, then the others
+    parsed = parse_prelogin_reply(sample[8:])  # an answer has the same layout
+    assert (parsed.version, parsed.encryption) == ("9.0.0", 1)
 
 
 def test_prelogin_reply_parses_version_and_encryption() -> None:
