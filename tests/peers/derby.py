@@ -43,15 +43,20 @@ class Derby:
 
 
 def run_ij(script: str, timeout_s: float = 60.0) -> str:
-    """Run SQL through `ij` (Derby's client over the network driver); return what it printed."""
-    completed = subprocess.run(
-        [IJ],
-        input=script,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
+    """Run SQL through `ij` (Derby's client over the network driver); return what it printed.
+
+    ij writes its derby.log into the working directory: a temporary one, removed afterwards.
+    """
+    with tempfile.TemporaryDirectory(prefix="cfe-ij-") as directory:
+        completed = subprocess.run(
+            [IJ],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            cwd=directory,
+        )
     return completed.stdout + completed.stderr
 
 
