@@ -234,3 +234,29 @@ def test_strings_and_release_levels() -> None:
     assert release_version("DSN12015") == "12.1.5"
     assert release_version("CSS10140/10.14.2.0 - (1828579)") == "10.14.2.0"
     assert release_version("IFX12100") == "IFX12100"
+
+
+@pytest.mark.parametrize(
+    ("accsec_reply", "result", "words"),
+    [
+        (b"\x00\x04\x22\x1a", Result.SERVICE_ERROR, "refused access to database TEMADB: RDBAFLRM"),
+        (b"\x00\x04\x24\x08", Result.PROTOCOL_MISMATCH, "0x2408 instead of ACCSECRD"),
+    ],
+)
+async def test_other_accsec_answers(accsec_reply: bytes, result: Result, words: str) -> None:
+    """Another refusal of ACCSEC is service_error by name; a non-DRDA answer is a mismatch."""
+    excsatrd = b"\x00\x14\x14\x43\x00\x10\x11\x47" + "QDB2/NT64   ".encode("cp500")
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(len(excsat_request()))
+        writer.write(_dss(excsatrd))
+        await reader.readexactly(len(accsec_request("TEMADB")))
+        writer.write(_dss(accsec_reply))
+        await reader.read(1)
+
+    async with fake_server(handler) as port:
+        outcome = await _db2(port, Db2Settings(database="TEMADB"))
+    assert outcome.result is result, outcome.detail
+    assert words in outcome.detail
+    assert outcome.peer is not None
+    assert outcome.peer.product == "QDB2/NT64"
