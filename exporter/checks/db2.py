@@ -220,8 +220,8 @@ async def _read_header(reader: asyncio.StreamReader) -> bytes:
 
 def validate_dss_header(header: bytes) -> tuple[int, int]:
     """Return (length, format) of a reply DSS header, or fail as not DRDA."""
-    # The correlation id is not compared with the request's: Derby 10.14 answers every
-    # command of a connection with id 1, whatever id the request carried.
+    # The correlation id is not compared with the request's: Derby 10.14 answered an ACCSEC
+    # sent with id 2 with id 1.
     length, magic, fmt, _ = DSS_HEADER.unpack(header)
     if magic != DSS_MAGIC:
         raise CheckFailure(Result.PROTOCOL_MISMATCH, f"not a DRDA server: it sent {_quote(header)}")
