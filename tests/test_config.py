@@ -50,7 +50,7 @@ INVALID_CASES: dict[str, list[tuple[int, str, str]]] = {
     ],
     "invalid-check-setting.yaml": [(6, "flows.https_app_relay.pathh", "unknown field")],
     "invalid-unknown-check.yaml": [
-        (3, "extra_flows[1].check", "unknown check 'smtp' (known: http,")
+        (3, "extra_flows[1].check", "unknown check 'smtp' (known: db2,")
     ],
     "invalid-timeout-over-interval.yaml": [
         (6, "flows.ssh_hmc.timeout", "timeout must not exceed the interval")

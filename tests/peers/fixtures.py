@@ -14,8 +14,9 @@ from tests.peers import netns as peers_netns
 from tests.peers import nginx as peers_nginx
 from tests.peers import pki as peers_pki
 from tests.peers import sshd as peers_sshd
+from tests.peers.derby import derby
 
-__all__ = ["isolated_host", "nginx", "pki", "sshd"]
+__all__ = ["derby", "isolated_host", "nginx", "pki", "sshd"]
 
 
 @pytest.fixture(scope="session")
