@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import re
 import struct
+import sys
 from dataclasses import dataclass
 
 from pydantic import Field, model_validator
@@ -340,10 +341,13 @@ _DRIVER_ERRORS = {
 
 
 def classify(exc: BaseException, phase: Phase | None) -> tuple[Result, str] | None:
-    """python-oracledb's errors → result classes, with the ORA-/DPY- code in the detail."""
-    import oracledb  # noqa: PLC0415 - only a login raises these, and it imported the module
+    """python-oracledb's errors → result classes, with the ORA-/DPY- code in the detail.
 
-    if not isinstance(exc, oracledb.Error) or not exc.args:
+    Only a login raises them, and a login imports the driver: until then nothing is imported
+    here, so that a failed ping is classified without loading it.
+    """
+    oracledb = sys.modules.get("oracledb")
+    if oracledb is None or not isinstance(exc, oracledb.Error) or not exc.args:
         return None
     error = exc.args[0]
     full_code = str(getattr(error, "full_code", "") or "")
