@@ -291,7 +291,7 @@ def _listener_error(err: int | None) -> str:
 
 async def _login(context: CheckContext, target: Target, settings: OracleTnsSettings) -> str:
     """Log in with python-oracledb's thin asyncio driver and report the database version."""
-    import oracledb  # noqa: PLC0415 - 0.2 s to import; only needed when a login is configured
+    import oracledb  # noqa: PLC0415 - loaded by the first login only (40 ms)
 
     assert settings.password is not None
     password = reveal(settings.password)
