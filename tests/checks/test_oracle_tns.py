@@ -28,6 +28,7 @@ from exporter.checks.oracle_tns import (
 )
 from exporter.classify import classify as classify_any
 from exporter.config import parse_config
+from exporter.errors import ConfigError
 from exporter.result import CheckResult, PeerInfo, Phase, Result
 from exporter.runner import run_check
 from tests.checks.fakes import HOST, closes_at_once, fake_server, sends_then_waits, silent
@@ -223,6 +224,21 @@ def test_catalogue_flow_runs_the_real_check(monkeypatch: pytest.MonkeyPatch) -> 
     assert isinstance(job.settings, OracleTnsSettings)
     assert job.settings.service_name == SERVICE
     assert not [w for w in config.warnings if "oracle_tns" in w]
+
+
+def test_config_names_the_flow_setting_at_fault() -> None:
+    """A misspelt setting and a login without a service are config errors with their line."""
+    head = "source: endpoint_server\ntargets: {oracle_databases: [db1]}\nflows:\n  oracle_tns:\n"
+    with pytest.raises(ConfigError) as typo:
+        parse_config(head + "    servce_name: orcl\n", "typo.yaml")
+    assert str(typo.value) == (
+        "typo.yaml:5: flows.oracle_tns.servce_name: unknown field; did you mean 'service_name'?"
+    )
+    with pytest.raises(ConfigError) as login:
+        parse_config(head + "    username: scott\n    password: {env: UNSET}\n", "login.yaml")
+    assert str(login.value) == (
+        "login.yaml:4: flows.oracle_tns: a login (username/password) needs service_name"
+    )
 
 
 # --- python-oracledb as an independent client of the fake listener ---------------------------
