@@ -11,6 +11,8 @@ the fake and against a closed port.
 
 from __future__ import annotations
 
+import asyncio
+import struct
 import subprocess
 from collections.abc import Iterator
 
@@ -31,11 +33,22 @@ from exporter.config import parse_config
 from exporter.errors import ConfigError
 from exporter.result import CheckResult, PeerInfo, Phase, Result
 from exporter.runner import run_check
-from tests.checks.fakes import HOST, closes_at_once, fake_server, sends_then_waits, silent
+from tests.checks.fakes import (
+    HOST,
+    Handler,
+    closes_at_once,
+    fake_server,
+    sends_then_waits,
+    silent,
+    wait_for_client_to_leave,
+)
 from tests.peers.nginx import Nginx
 from tests.peers.ports import free_tcp_port
 from tests.peers.tns_listener import (
+    ACCEPT,
     HEADER,
+    MARKER,
+    REDIRECT,
     REFUSE,
     TnsListener,
     packet,
@@ -185,6 +198,53 @@ async def test_endless_resend_is_service_error() -> None:
         result = await _check(port)
     assert result.result is Result.SERVICE_ERROR
     assert "asked for the CONNECT again 3 times" in result.detail
+
+
+PING_OK = refuse("(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=0)(ALIAS=LISTENER))")
+
+
+def answers(ping_reply: bytes, connect_reply: bytes) -> Handler:
+    """A listener answering a ping with one packet and any other CONNECT with another."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        header = await reader.readexactly(HEADER.size)
+        body = await reader.readexactly(HEADER.unpack(header)[0] - HEADER.size)
+        writer.write(ping_reply if b"(COMMAND=ping)" in body else connect_reply)
+        await wait_for_client_to_leave(reader)
+
+    return handler
+
+
+async def test_redirect_means_the_service_is_known() -> None:
+    """A REDIRECT to a dispatcher (shared server, RAC) says the service is registered: ok."""
+    address = b"(ADDRESS=(PROTOCOL=TCP)(HOST=10.0.0.2)(PORT=1522))\0(DESCRIPTION=)"
+    redirect = packet(REDIRECT, struct.pack(">H", len(address)) + address)
+    async with fake_server(answers(PING_OK, redirect)) as port:
+        result = await _check(port, OracleTnsSettings(service_name=SERVICE))
+    assert result.result is Result.OK
+    assert result.detail.endswith(f"service {SERVICE} known (redirected to a handler)")
+
+
+async def test_other_refusal_of_a_service_names_its_code() -> None:
+    """A REFUSE with another error (12528: blocking new connections) is service_error with it."""
+    blocked = refuse("(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=12528))")
+    async with fake_server(answers(PING_OK, blocked)) as port:
+        result = await _check(port, OracleTnsSettings(service_name=SERVICE))
+    assert result.result is Result.SERVICE_ERROR
+    assert result.detail == (
+        f"service '{SERVICE}': the service is blocking new connections (ORA-12528)"
+    )
+
+
+async def test_unexpected_packet_types_are_protocol_mismatch() -> None:
+    """An ACCEPT to a ping, or a MARKER to a CONNECT, is not what a listener sends."""
+    async with fake_server(answers(packet(ACCEPT, b"\0" * 24), PING_OK)) as port:
+        ping = await _check(port)
+    async with fake_server(answers(PING_OK, packet(MARKER, b"\1\0\1"))) as port:
+        service = await _check(port, OracleTnsSettings(service_name=SERVICE))
+    assert ping.result is service.result is Result.PROTOCOL_MISMATCH
+    assert "answered a ping with TNS packet type 2" in ping.detail
+    assert "answered a CONNECT with TNS packet type 12" in service.detail
 
 
 async def test_login_reaches_the_driver_and_maps_its_error(listener: TnsListener) -> None:

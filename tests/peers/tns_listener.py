@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 HOST = "127.0.0.1"
 HEADER = struct.Struct(">HHBBH")
-CONNECT, ACCEPT, REFUSE, DATA, RESEND = 1, 2, 4, 6, 11
+CONNECT, ACCEPT, REFUSE, REDIRECT, DATA, RESEND, MARKER = 1, 2, 4, 5, 6, 11, 12
 VSNNUM_19C = 318767104  # 19.0.0.0.0 (nmap's test table)
 REFUSE_USER_REASON = 0x22  # what listeners send (nmap-service-probes matches "\x04\0\0\0\"\0")
 ACCEPT_VERSION = 310  # python-oracledb logs in only from 315 on: it stops at DPY-3010
