@@ -51,6 +51,7 @@ from tests.peers.tns_listener import (
     REDIRECT,
     REFUSE,
     TnsListener,
+    accept,
     packet,
     refuse,
     run_tns_listener,
@@ -257,6 +258,27 @@ async def test_login_reaches_the_driver_and_maps_its_error(listener: TnsListener
     assert "tiger" not in result.detail
     assert Phase.AUTH in result.phases
     assert "(PROGRAM=certero-flow-exporter)" in listener.requests[-1]
+
+
+async def test_silent_login_times_out_at_the_check_deadline() -> None:
+    """A listener that answers ping and service but not the driver's CONNECT: the login is cut
+    at the check's deadline and reported as a timeout during auth."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        if connections <= 2:
+            await answers(PING_OK, accept())(reader, writer)
+        else:
+            await wait_for_client_to_leave(reader)
+
+    settings = OracleTnsSettings(service_name=SERVICE, username="scott", password="tiger")
+    async with fake_server(handler) as port:
+        result = await _check(port, settings, timeout_seconds=SHORT_TIMEOUT_S)
+    assert result.result is Result.TIMEOUT
+    assert "during auth" in result.detail
+    assert connections == 3
 
 
 def test_settings_validation() -> None:
