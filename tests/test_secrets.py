@@ -21,6 +21,7 @@ from exporter.errors import ConfigError, CredentialError
 from exporter.secrets import Secret, SecretRef, redact_url, reveal, unreadable_secrets
 from tests.fakes.tds import TdsFake, tds_server_thread
 from tests.peers.exporter import RunningExporter, run_exporter
+from tests.peers.tns_listener import TnsListener, run_tns_listener
 
 POLL_DEADLINE_S = 20.0
 INLINE_HEADER = "S3CR3T-INLINE-HDR-7f3a"
@@ -31,6 +32,7 @@ ENV_COOKIE = "S3CR3T-ENV-COOKIE-5e6f"
 SQL_WRONG_PASSWORD = "S3CR3T-SQL-WRONG-PW-2b1c"
 SECRETS = (INLINE_HEADER, INLINE_PATH, FILE_HEADER, ENV_QUERY, ENV_COOKIE, SQL_WRONG_PASSWORD)
 SQL_USER = "monitor"
+ORACLE_PASSWORD = "S3CR3T-ORACLE-PW-3d9e"  # passed to the database driver, never sent by HTTP
 QUERY_VARIABLE = "CFE_TEST_QUERY_TOKEN"
 COOKIE_VARIABLE = "CFE_TEST_COOKIE"
 MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs for seconds only
@@ -38,7 +40,7 @@ MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs fo
 
 def found_secrets(text: str) -> list[str]:
     """The test secrets that occur in `text`."""
-    return [secret for secret in SECRETS if secret in text]
+    return [secret for secret in (*SECRETS, ORACLE_PASSWORD) if secret in text]
 
 
 # --- references -----------------------------------------------------------------------------
@@ -334,13 +336,28 @@ def sql_flows(secret_file: Path, port: int) -> str:
 FLOWS = ("api_inline", "api_by_reference", "api_redirect", "api_failing", "sql_login", "sql_wrong")
 
 
-def wait_for_every_flow(exporter: RunningExporter) -> str:
+def oracle_flow(port: int) -> str:
+    """A database login flow whose password is inline in the config."""
+    return (
+        f'  - id: db_oracle\n    check: oracle_tns\n    target: "127.0.0.1:{port}"\n'
+        f'    service_name: orclpdb1\n    username: scott\n    password: "{ORACLE_PASSWORD}"\n'
+    )
+
+
+@pytest.fixture
+def tns() -> Iterator[TnsListener]:
+    """A fake Oracle listener for the login flow: the driver gets as far as its ACCEPT."""
+    with run_tns_listener(services=("orclpdb1",)) as listener:
+        yield listener
+
+
+def wait_for_every_flow(exporter: RunningExporter, flows: tuple[str, ...] = FLOWS) -> str:
     """Scrape until each flow has a result; return that scrape."""
     deadline = time.monotonic() + POLL_DEADLINE_S
     while True:
         status, text = exporter.get("/metrics")
         assert status == 200
-        if all(f'certero_flow_up{{flow="{flow}"' in text for flow in FLOWS):
+        if all(f'certero_flow_up{{flow="{flow}"' in text for flow in flows):
             return text
         assert time.monotonic() < deadline, f"not every flow was checked:\n{text[:2000]}"
         time.sleep(0.1)
@@ -361,6 +378,7 @@ def test_no_output_surface_shows_a_secret(
     monkeypatch: pytest.MonkeyPatch,
     peers: tuple[CapturingPeer, CapturingPeer],
     sql: TdsFake,
+    tns: TnsListener,
 ) -> None:
     """Metrics, page, probe debug, debug log, check output, validate and reload errors show
     no secret, while the flow's own target did receive every one of them."""
@@ -370,11 +388,13 @@ def test_no_output_surface_shows_a_secret(
     monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
     monkeypatch.setenv(COOKIE_VARIABLE, ENV_COOKIE)
     config = tmp_path / "config.yaml"
-    write_config(config, secret_file, own.port, sql_flows(secret_file, sql.port))
+    write_config(
+        config, secret_file, own.port, sql_flows(secret_file, sql.port) + oracle_flow(tns.port)
+    )
     surfaces: dict[str, str] = {}
 
     with run_exporter(config, tmp_path, global_args=["--log-level", "debug"]) as exporter:
-        surfaces["/metrics"] = wait_for_every_flow(exporter)
+        surfaces["/metrics"] = wait_for_every_flow(exporter, (*FLOWS, "db_oracle"))
         surfaces["/"] = exporter.get("/")[1]
         for flow in FLOWS:
             port = sql.port if flow.startswith("sql_") else own.port
@@ -382,6 +402,11 @@ def test_no_output_surface_shows_a_secret(
             assert status == 200
             assert "Logs for the probe" in body
             surfaces[f"/probe {flow}"] = body
+        status, body = exporter.get(
+            f"/probe?module=db_oracle&target=127.0.0.1:{tns.port}&debug=true"
+        )
+        assert "DPY-3010" in body  # the login ran: the driver had the password
+        surfaces["/probe db_oracle"] = body
         good = config.read_bytes()
         config.write_bytes(good + b"# caf\xe9\n")
         status, body = exporter.post("/-/reload")
