@@ -8,12 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from exporter.checks import https, icmp, ssh, tcp, tls
+from exporter.checks import https, icmp, ldap, ssh, tcp, tls
 from exporter.checks.base import AnyCheckSpec, CheckContext, CheckSettings, CheckSpec, Target
 
 CHECKS: Mapping[str, AnyCheckSpec] = {
     spec.name: spec
-    for spec in (tcp.SPEC, tls.SPEC, https.HTTPS_SPEC, https.HTTP_SPEC, icmp.SPEC, ssh.SPEC)
+    for spec in (
+        tcp.SPEC,
+        tls.SPEC,
+        https.HTTPS_SPEC,
+        https.HTTP_SPEC,
+        icmp.SPEC,
+        ssh.SPEC,
+        ldap.LDAP_SPEC,
+        ldap.LDAPS_SPEC,
+    )
 }
 
 __all__ = ["CHECKS", "AnyCheckSpec", "CheckContext", "CheckSettings", "CheckSpec", "Target"]
