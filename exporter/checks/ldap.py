@@ -26,11 +26,18 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-import ldap3
-from ldap3.core import exceptions as ldap3_errors
+with warnings.catch_warnings():
+    # ldap3 2.9.1 (its last release) imports pyasn1's pre-0.6 names, which pyasn1 deprecates
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="ldap3")
+    warnings.filterwarnings(
+        "ignore", message=".* is deprecated. Please use", category=DeprecationWarning
+    )
+    import ldap3
+    from ldap3.core import exceptions as ldap3_errors
 from pydantic import Field, model_validator
 
 from exporter.blocking import Deadline
@@ -232,8 +239,9 @@ class RootDse:
 class _RecordingSocket:
     """The socket as ldap3 sees it: every call passes through; the first reply bytes are kept.
 
-    ldap3 turns a reply it cannot decode into whatever error its decoder happens to raise;
-    the kept bytes let the check say instead that the peer is not LDAP, and quote it.
+    ldap3 turns a reply it cannot decode into whatever error its decoder happens to raise, or
+    reads a greeting's first bytes as a length and waits for it; the first byte of any LDAP
+    message is a SEQUENCE tag, so anything else ends the exchange at once as not LDAP.
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -243,7 +251,11 @@ class _RecordingSocket:
     def recv(self, size: int) -> bytes:
         data = self.sock.recv(size)
         if len(self.first_bytes) < _FIRST_BYTES:
+            first = not self.first_bytes
             self.first_bytes += data[: _FIRST_BYTES - len(self.first_bytes)]
+            if first and data and data[0] != _LDAP_MESSAGE_TAG:
+                # ldap3 would read the first bytes as a length and wait for that much more
+                raise NotLdapError(data[:_FIRST_BYTES])
         return data
 
     def __getattr__(self, name: str) -> Any:

@@ -27,7 +27,7 @@ SLAPPASSWD = "/usr/sbin/slappasswd"
 HOST = "127.0.0.1"
 SUFFIX = "dc=example,dc=test"
 USER_DN = f"uid=alice,ou=people,{SUFFIX}"
-USER_PASSWORD = "alice-Pw-7e1c"
+USER_PASSWORD = "S3CR3T-LDAP-BIND-a11c"  # distinctive: the secrets test greps for it
 # Active Directory publishes these in its RootDSE; OpenLDAP knows none of them, so the test
 # schema defines them under OpenLDAP's experimental arc (1.3.6.1.4.1.4203.666).
 _AD_ROOT_DSE_SCHEMA = """\
@@ -46,6 +46,13 @@ olcObjectClasses: ( 1.3.6.1.4.1.4203.666.11.900 NAME 'adRootDse' AUXILIARY
   MAY ( dnsHostName $ defaultNamingContext $ isGlobalCatalogReady $
   domainControllerFunctionality ) )
 """
+
+
+AD_GLOBAL_CATALOG: Mapping[str, str] = {
+    "dnsHostName": "dc1.example.test",
+    "defaultNamingContext": SUFFIX,
+    "isGlobalCatalogReady": "TRUE",
+}
 
 
 @dataclass(frozen=True)
