@@ -20,6 +20,7 @@ from exporter.config import parse_config
 from exporter.errors import ConfigError, CredentialError
 from exporter.secrets import Secret, SecretRef, redact_url, reveal, unreadable_secrets
 from tests.peers.exporter import RunningExporter, run_exporter
+from tests.peers.slapd import USER_PASSWORD, Slapd
 
 POLL_DEADLINE_S = 20.0
 INLINE_HEADER = "S3CR3T-INLINE-HDR-7f3a"
@@ -28,6 +29,8 @@ FILE_HEADER = "S3CR3T-FILE-HDR-c0de"
 ENV_QUERY = "S3CR3T-ENV-QUERY-42ab"
 ENV_COOKIE = "S3CR3T-ENV-COOKIE-5e6f"
 SECRETS = (INLINE_HEADER, INLINE_PATH, FILE_HEADER, ENV_QUERY, ENV_COOKIE)
+LDAP_WRONG_PASSWORD = "S3CR3T-LDAP-WRONG-0b7d"
+LDAP_SECRETS = (USER_PASSWORD, LDAP_WRONG_PASSWORD)  # the bind password by file, a wrong one inline
 QUERY_VARIABLE = "CFE_TEST_QUERY_TOKEN"
 COOKIE_VARIABLE = "CFE_TEST_COOKIE"
 MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs for seconds only
@@ -35,7 +38,7 @@ MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs fo
 
 def found_secrets(text: str) -> list[str]:
     """The test secrets that occur in `text`."""
-    return [secret for secret in SECRETS if secret in text]
+    return [secret for secret in (*SECRETS, *LDAP_SECRETS) if secret in text]
 
 
 # --- references -----------------------------------------------------------------------------
@@ -310,7 +313,18 @@ def write_config(path: Path, secret_file: Path, port: int, extra: str = "") -> N
     )
 
 
-FLOWS = ("api_inline", "api_by_reference", "api_redirect", "api_failing")
+def ldap_flows(slapd: Slapd, password_file: Path) -> str:
+    """Two LDAP flows: a bind with the password by file, and a wrong password inline."""
+    return (
+        f"  - id: ldap_bind\n    check: ldap\n    target: 127.0.0.1:{slapd.ldap_port}\n"
+        f"    bind_dn: {slapd.user_dn}\n    password: {{file: {password_file}}}\n"
+        f"  - id: ldap_wrong\n    check: ldaps\n    target: 127.0.0.1:{slapd.ldaps_port}\n"
+        f"    ca_file: {slapd.ca_cert}\n"
+        f"    bind_dn: {slapd.user_dn}\n    password: {LDAP_WRONG_PASSWORD}\n"
+    )
+
+
+FLOWS = ("api_inline", "api_by_reference", "api_redirect", "api_failing", "ldap_bind", "ldap_wrong")
 
 
 def wait_for_every_flow(exporter: RunningExporter) -> str:
@@ -339,25 +353,31 @@ def test_no_output_surface_shows_a_secret(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     peers: tuple[CapturingPeer, CapturingPeer],
+    slapd: Slapd,
 ) -> None:
     """Metrics, page, probe debug, debug log, check output, validate and reload errors show
     no secret, while the flow's own target did receive every one of them."""
     own, other = peers
     secret_file = tmp_path / "api-key"
     secret_file.write_text(FILE_HEADER + "\n", encoding="utf-8")
+    ldap_password_file = tmp_path / "ldap-password"
+    ldap_password_file.write_text(USER_PASSWORD + "\n", encoding="utf-8")
     monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
     monkeypatch.setenv(COOKIE_VARIABLE, ENV_COOKIE)
     config = tmp_path / "config.yaml"
-    write_config(config, secret_file, own.port)
+    write_config(config, secret_file, own.port, extra=ldap_flows(slapd, ldap_password_file))
+    ldap_targets = {
+        "ldap_bind": f"127.0.0.1:{slapd.ldap_port}",
+        "ldap_wrong": f"127.0.0.1:{slapd.ldaps_port}",
+    }
     surfaces: dict[str, str] = {}
 
     with run_exporter(config, tmp_path, global_args=["--log-level", "debug"]) as exporter:
         surfaces["/metrics"] = wait_for_every_flow(exporter)
         surfaces["/"] = exporter.get("/")[1]
         for flow in FLOWS:
-            status, body = exporter.get(
-                f"/probe?module={flow}&target=127.0.0.1:{own.port}&debug=true"
-            )
+            target = ldap_targets.get(flow, f"127.0.0.1:{own.port}")
+            status, body = exporter.get(f"/probe?module={flow}&target={target}&debug=true")
             assert status == 200
             assert "Logs for the probe" in body
             surfaces[f"/probe {flow}"] = body
@@ -373,6 +393,9 @@ def test_no_output_surface_shows_a_secret(
     assert "detail=HTTP 200 OK for GET /health?token=<redacted>" in surfaces["/probe api_inline"]
     assert "detail=HTTP 200 OK for GET /?key=<redacted>" in surfaces["/probe api_by_reference"]
     assert "api_failing" in surfaces["/"]
+    # the LDAP passwords reached slapd: one bind succeeded, the other was refused
+    assert f"bound as 'dn:{slapd.user_dn}'" in surfaces["/probe ldap_bind"]
+    assert "bind failed: invalidCredentials (49)" in surfaces["/probe ldap_wrong"]
 
     for fmt in ("table", "json", "junit"):
         done = run_cli("check", "--config", str(config), "--format", fmt, "--no-progress")
