@@ -117,6 +117,7 @@ RESULT_CODE_NAMES: dict[int, str] = {
 # or the way they are sent (8 and 13: AD and slapd requiring TLS before a simple bind). Every
 # other code is the server declining to serve: `service_error`.
 _AUTH_CODES = frozenset({7, 8, 13, 34, 48, 49, 50, 123})
+_AUTH_OPERATIONS = frozenset({"bind", "Who am I?"})
 
 # Active Directory's sub-code of a failed bind, in the diagnostic message as "data 52e"
 # (Win32 error codes: 0x525 ERROR_NO_SUCH_USER, 0x52e ERROR_LOGON_FAILURE, ...).
@@ -486,9 +487,9 @@ def classify(exc: BaseException, phase: Phase | None) -> tuple[Result, str] | No
     """LDAP result codes, non-LDAP peers and ldap3's own errors → classes (None: not ours)."""
     if isinstance(exc, LdapResultError):
         name = result_code_name(exc.code)
-        result = Result.AUTH_FAILED if exc.code in _AUTH_CODES else Result.SERVICE_ERROR
-        if exc.operation == "RootDSE search" and exc.code not in _AUTH_CODES:
-            result = Result.SERVICE_ERROR
+        # A refused anonymous RootDSE read or StartTLS says nothing of our credentials.
+        refused_us = exc.operation in _AUTH_OPERATIONS and exc.code in _AUTH_CODES
+        result = Result.AUTH_FAILED if refused_us else Result.SERVICE_ERROR
         detail = f"{exc.operation} failed: {name} ({exc.code})"
         reason = ad_reason(exc.message)
         if reason is not None:

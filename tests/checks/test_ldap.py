@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from exporter.checks.ldap import (
 from exporter.config import parse_config
 from exporter.result import CheckResult, Phase, Result
 from exporter.runner import run_check
-from tests.checks.fakes import HOST, fake_server, sends_then_waits, silent
+from tests.checks.fakes import HOST, Handler, fake_server, sends_then_waits, silent
 from tests.peers.nginx import Nginx
 from tests.peers.pki import Pki
 from tests.peers.ports import free_tcp_port
@@ -383,3 +384,63 @@ def test_result_codes_classified_with_their_names(code: int, result: Result) -> 
     mapped = classify(LdapResultError("bind", code, ""), Phase.AUTH)
     assert mapped == (result, f"bind failed: {result_code_name(code)} ({code})")
     assert result_code_name(99) == "code 99"
+
+
+def test_refused_root_dse_read_is_service_error() -> None:
+    """A server refusing the anonymous RootDSE read (50) is not a credentials problem."""
+    mapped = classify(LdapResultError("RootDSE search", 50, ""), Phase.HANDSHAKE)
+    assert mapped == (Result.SERVICE_ERROR, "RootDSE search failed: insufficientAccessRights (50)")
+
+
+# --- a hostile server ---------------------------------------------------------------------------
+
+
+def _ldap_message(message_id: int, operation: bytes) -> bytes:
+    """An LDAPMessage with short-form BER lengths (every message here is under 128 bytes)."""
+    body = bytes([0x02, 0x01, message_id]) + operation
+    return bytes([0x30, len(body)]) + body
+
+
+def _ldap_result(tag: int, code: int, message: bytes) -> bytes:
+    """An LDAPResult-shaped operation: resultCode, empty matchedDN, diagnosticMessage."""
+    body = bytes([0x0A, 0x01, code, 0x04, 0x00, 0x04, len(message)]) + message
+    return bytes([tag, len(body)]) + body
+
+
+def echoes_bind_password() -> Handler:
+    """A fake directory: an empty RootDSE, then a bind refused with the request echoed back."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            header = await reader.readexactly(2)
+            length = header[1]
+            if length & 0x80:  # long form: the next (length & 0x7f) bytes hold the length
+                length = int.from_bytes(await reader.readexactly(length & 0x7F), "big")
+            request = await reader.readexactly(length)
+            message_id, operation = request[2], request[3]
+            if operation == 0x63:  # searchRequest: one empty entry, then done
+                entry = bytes([0x64, 0x04, 0x04, 0x00, 0x30, 0x00])
+                writer.write(_ldap_message(message_id, entry))
+                writer.write(_ldap_message(message_id, _ldap_result(0x65, 0, b"")))
+            elif operation == 0x60:  # bindRequest: the password is the request's last bytes
+                password = request[-len(ECHOED_PASSWORD) :]
+                refusal = _ldap_result(0x61, 49, b"bad password " + password + b", data 52e")
+                writer.write(_ldap_message(message_id, refusal))
+            await writer.drain()
+
+    return handler
+
+
+ECHOED_PASSWORD = b"S3CR3T-ECHOED-9c1d"
+
+
+async def test_password_echoed_by_the_server_is_redacted(pool: BlockingPool) -> None:
+    """A server quoting the bind password in its diagnostic message never gets it shown."""
+    settings = LdapSettings(bind_dn="cn=x", password=ECHOED_PASSWORD.decode())
+    async with fake_server(echoes_bind_password()) as port:
+        result = await _check(pool, "ldap", port, settings)
+    assert result.result is Result.AUTH_FAILED
+    assert result.detail == (
+        "bind failed: invalidCredentials (49): wrong password; "
+        "server said 'bad password <redacted>, data 52e'"
+    )
