@@ -38,11 +38,19 @@ with warnings.catch_warnings():
     )
     import ldap3
     from ldap3.core import exceptions as ldap3_errors
+from cryptography import x509
 from pydantic import Field, model_validator
 
 from exporter.blocking import Deadline
 from exporter.checks.base import CheckContext, CheckSpec, Target
-from exporter.checks.net import TlsSettings, client_ssl_context, connect_tcp
+from exporter.checks.net import (
+    TlsSettings,
+    client_ssl_context,
+    connect_tcp,
+)
+from exporter.checks.net import (
+    _record_unverified_certificate as record_unverified_certificate,
+)
 from exporter.checks.tls import expiry_note
 from exporter.errors import CheckFailure
 from exporter.result import CheckResult, PeerInfo, Phase, Result
@@ -362,9 +370,6 @@ class _Session:
         self.sock.settimeout(deadline.timeout())
         try:
             call()
-        except ldap3_errors.LDAPException as exc:
-            self._raise_if_not_ldap(exc)
-            raise
         except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
             # ldap3's decoder on bytes that are not BER: whatever it happened to trip on
             raise NotLdapError(self.wire.first_bytes) from exc
@@ -374,11 +379,6 @@ class _Session:
             raise NotLdapError(self.wire.first_bytes)
         if code != 0:
             raise LdapResultError(operation, code, str(result.get("message") or ""))
-
-    def _raise_if_not_ldap(self, exc: BaseException) -> None:
-        first = self.wire.first_bytes
-        if first and first[0] != _LDAP_MESSAGE_TAG:
-            raise NotLdapError(first) from exc
 
 
 def _quote(data: bytes | str) -> str:
@@ -404,10 +404,15 @@ async def _run(
             with context.phase(Phase.TLS):
                 await context.run_blocking(session.start_tls)
         if ldaps or settings.start_tls:
-            with context.phase(Phase.TLS):
-                der = await context.run_blocking(
-                    session.wrap_tls, client_ssl_context(settings), server_name
-                )
+            try:
+                with context.phase(Phase.TLS):
+                    der = await context.run_blocking(
+                        session.wrap_tls, client_ssl_context(settings), server_name
+                    )
+            except ssl.SSLCertVerificationError:
+                if ldaps:  # TLS from the first byte: a second connection can read the certificate
+                    await record_unverified_certificate(context, target, server_name)
+                raise
             _record_expiry(context, der)
         with context.phase(Phase.HANDSHAKE):
             root = await context.run_blocking(session.read_root_dse)
@@ -464,8 +469,6 @@ def _check_global_catalog(root: RootDse, settings: LdapSettings) -> str:
 def _record_expiry(context: CheckContext, der: bytes | None) -> None:
     if der is None:
         return
-    from cryptography import x509  # noqa: PLC0415 - only on TLS paths
-
     try:
         certificate = x509.load_der_x509_certificate(der)
     except ValueError:

@@ -174,12 +174,15 @@ async def test_bind_name_goes_to_the_server_as_written(pool: BlockingPool, slapd
     assert result.detail.startswith("bind failed: invalidDNSyntax (34)")
 
 
-async def test_untrusted_certificate_is_tls_error(pool: BlockingPool, slapd: Slapd) -> None:
+async def test_untrusted_certificate_is_tls_error(
+    pool: BlockingPool, slapd: Slapd, pki: Pki
+) -> None:
     """Without the test CA the server's certificate is rejected: tls_error, with its expiry."""
     result = await _check(pool, "ldaps", slapd.ldaps_port, LdapsSettings())
     assert result.result is Result.TLS_ERROR
     assert result.detail.startswith("certificate rejected: ")
     assert Phase.HANDSHAKE not in result.phases
+    assert result.tls_cert_expiry_seconds == pki.valid.not_after.timestamp()  # still reported
 
 
 async def test_expired_certificate_is_tls_error(
