@@ -23,6 +23,7 @@ passes and its detail says the role was not confirmed.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import ssl
@@ -363,7 +364,14 @@ class _Session:
         return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
     def close(self) -> None:
-        """Drop the connection without an unbind round trip (the peer may be the problem)."""
+        """Drop the connection without an unbind round trip (the peer may be the problem).
+
+        Called on the event loop, also when the check's deadline abandoned a worker still
+        waiting in `recv`: the shutdown wakes that worker at once (Linux), so it is freed now
+        rather than at its own socket timeout.
+        """
+        with contextlib.suppress(OSError):  # the peer may have closed first
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
 
     def _exchange(self, deadline: Deadline, operation: str, call: Any) -> None:
@@ -417,6 +425,9 @@ async def _run(
         with context.phase(Phase.HANDSHAKE):
             root = await context.run_blocking(session.read_root_dse)
         context.peer = root.peer()
+        context.debug(
+            "rootdse", **{name: "|".join(values) for name, values in root.attributes.items()}
+        )
         detail = _describe(root, context, target)
         gc_note = _check_global_catalog(root, settings)
         if settings.bind_dn is not None and settings.password is not None:
