@@ -166,9 +166,12 @@ async def test_wrong_password_is_auth_failed(pool: BlockingPool, slapd: Slapd) -
     assert WRONG_PASSWORD not in result.detail
 
 
-async def test_bind_name_goes_to_the_server_as_written(pool: BlockingPool, slapd: Slapd) -> None:
-    """A user@domain name is sent unchanged (AD accepts it); slapd answers invalidDNSyntax."""
-    settings = LdapSettings(bind_dn="alice@example.test", password=slapd.password)
+@pytest.mark.parametrize("name", ["alice@example.test", "EXAMPLE\\alice"])
+async def test_bind_name_goes_to_the_server_as_written(
+    pool: BlockingPool, slapd: Slapd, name: str
+) -> None:
+    """user@domain and DOMAIN\\user are sent unchanged (AD accepts them); slapd answers 34."""
+    settings = LdapSettings(bind_dn=name, password=slapd.password)
     result = await _check(pool, "ldap", slapd.ldap_port, settings)
     assert result.result is Result.AUTH_FAILED
     assert result.detail.startswith("bind failed: invalidDNSyntax (34)")
