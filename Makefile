@@ -2,8 +2,8 @@
 VENV ?= .venv
 PYTHON ?= python3
 # Real peers and tools the tests start themselves (see tests/peers/).
-APT_PACKAGES = openssh-server nginx slapd ldap-utils prometheus iptables nftables iproute2 iputils-ping openssl ca-certificates
-APT_BINARIES = /usr/sbin/sshd /usr/sbin/nginx /usr/sbin/slapd /usr/bin/ldapwhoami /usr/bin/prometheus /usr/bin/promtool /usr/sbin/iptables-nft /usr/sbin/nft /usr/bin/ping /usr/bin/openssl
+APT_PACKAGES = openssh-server nginx slapd ldap-utils prometheus iptables nftables iproute2 iputils-ping openssl ca-certificates freetds-bin
+APT_BINARIES = /usr/sbin/sshd /usr/sbin/nginx /usr/sbin/slapd /usr/bin/ldapwhoami /usr/bin/prometheus /usr/bin/promtool /usr/sbin/iptables-nft /usr/sbin/nft /usr/bin/ping /usr/bin/openssl /usr/bin/tsql
 
 .PHONY: run test lint typecheck pytest system-packages clean
 

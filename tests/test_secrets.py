@@ -19,6 +19,7 @@ from exporter.checks.https import HttpSettings
 from exporter.config import parse_config
 from exporter.errors import ConfigError, CredentialError
 from exporter.secrets import Secret, SecretRef, redact_url, reveal, unreadable_secrets
+from tests.fakes.tds import TdsFake, tds_server_thread
 from tests.peers.exporter import RunningExporter, run_exporter
 from tests.peers.slapd import USER_PASSWORD, Slapd
 
@@ -28,7 +29,9 @@ INLINE_PATH = "S3CR3T-INLINE-PATH-91bd"
 FILE_HEADER = "S3CR3T-FILE-HDR-c0de"
 ENV_QUERY = "S3CR3T-ENV-QUERY-42ab"
 ENV_COOKIE = "S3CR3T-ENV-COOKIE-5e6f"
-SECRETS = (INLINE_HEADER, INLINE_PATH, FILE_HEADER, ENV_QUERY, ENV_COOKIE)
+SQL_WRONG_PASSWORD = "S3CR3T-SQL-WRONG-PW-2b1c"
+SECRETS = (INLINE_HEADER, INLINE_PATH, FILE_HEADER, ENV_QUERY, ENV_COOKIE, SQL_WRONG_PASSWORD)
+SQL_USER = "monitor"
 LDAP_WRONG_PASSWORD = "S3CR3T-LDAP-WRONG-0b7d"
 LDAP_SECRETS = (USER_PASSWORD, LDAP_WRONG_PASSWORD)  # the bind password by file, a wrong one inline
 QUERY_VARIABLE = "CFE_TEST_QUERY_TOKEN"
@@ -287,6 +290,13 @@ def peers() -> Iterator[tuple[CapturingPeer, CapturingPeer]]:
         yield own, other
 
 
+@pytest.fixture
+def sql() -> Iterator[TdsFake]:
+    """The SQL Server of the SQL flows: it takes the file's secret as the login's password."""
+    with tds_server_thread(SQL_USER, FILE_HEADER) as fake:
+        yield fake
+
+
 def write_config(path: Path, secret_file: Path, port: int, extra: str = "") -> None:
     """Four flows carrying secrets inline, by file and by env, in headers, query and path."""
     target = f'"127.0.0.1:{port}"'
@@ -313,6 +323,17 @@ def write_config(path: Path, secret_file: Path, port: int, extra: str = "") -> N
     )
 
 
+def sql_flows(secret_file: Path, port: int) -> str:
+    """A SQL login whose password is the file's secret, and one with a wrong inline password."""
+    target = f'"127.0.0.1:{port}"'
+    return (
+        f"  - id: sql_login\n    check: mssql\n    target: {target}\n"
+        f"    username: {SQL_USER}\n    password: {{file: {secret_file}}}\n"
+        f"  - id: sql_wrong\n    check: mssql\n    target: {target}\n"
+        f"    username: {SQL_USER}\n    password: {SQL_WRONG_PASSWORD}\n"
+    )
+
+
 def ldap_flows(slapd: Slapd, password_file: Path) -> str:
     """Two LDAP flows: a bind with the password by file, and a wrong password inline."""
     return (
@@ -324,7 +345,16 @@ def ldap_flows(slapd: Slapd, password_file: Path) -> str:
     )
 
 
-FLOWS = ("api_inline", "api_by_reference", "api_redirect", "api_failing", "ldap_bind", "ldap_wrong")
+FLOWS = (
+    "api_inline",
+    "api_by_reference",
+    "api_redirect",
+    "api_failing",
+    "sql_login",
+    "sql_wrong",
+    "ldap_bind",
+    "ldap_wrong",
+)
 
 
 def wait_for_every_flow(exporter: RunningExporter) -> str:
@@ -353,6 +383,7 @@ def test_no_output_surface_shows_a_secret(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     peers: tuple[CapturingPeer, CapturingPeer],
+    sql: TdsFake,
     slapd: Slapd,
 ) -> None:
     """Metrics, page, probe debug, debug log, check output, validate and reload errors show
@@ -365,8 +396,11 @@ def test_no_output_surface_shows_a_secret(
     monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
     monkeypatch.setenv(COOKIE_VARIABLE, ENV_COOKIE)
     config = tmp_path / "config.yaml"
-    write_config(config, secret_file, own.port, extra=ldap_flows(slapd, ldap_password_file))
-    ldap_targets = {
+    extra = sql_flows(secret_file, sql.port) + ldap_flows(slapd, ldap_password_file)
+    write_config(config, secret_file, own.port, extra)
+    probe_targets = {
+        "sql_login": f"127.0.0.1:{sql.port}",
+        "sql_wrong": f"127.0.0.1:{sql.port}",
         "ldap_bind": f"127.0.0.1:{slapd.ldap_port}",
         "ldap_wrong": f"127.0.0.1:{slapd.ldaps_port}",
     }
@@ -376,7 +410,7 @@ def test_no_output_surface_shows_a_secret(
         surfaces["/metrics"] = wait_for_every_flow(exporter)
         surfaces["/"] = exporter.get("/")[1]
         for flow in FLOWS:
-            target = ldap_targets.get(flow, f"127.0.0.1:{own.port}")
+            target = probe_targets.get(flow, f"127.0.0.1:{own.port}")
             status, body = exporter.get(f"/probe?module={flow}&target={target}&debug=true")
             assert status == 200
             assert "Logs for the probe" in body
@@ -422,6 +456,8 @@ def test_no_output_surface_shows_a_secret(
 
     leaks = {name: found_secrets(text) for name, text in surfaces.items() if found_secrets(text)}
     assert leaks == {}
-    assert sorted(found_secrets(own.text())) == sorted(SECRETS)  # every setting was used
+    http_secrets = [secret for secret in SECRETS if secret != SQL_WRONG_PASSWORD]
+    assert sorted(found_secrets(own.text())) == sorted(http_secrets)  # every setting was used
+    assert {(SQL_USER, True), (SQL_USER, False)} <= set(sql.logins)  # both passwords were sent
     assert other.requests  # the redirect was followed ...
     assert found_secrets(other.text()) == []  # ... without the flow's credentials

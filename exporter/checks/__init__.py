@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from exporter.checks import https, icmp, ldap, ssh, tcp, tls
+from exporter.checks import https, icmp, ldap, mssql, ssh, tcp, tls
 from exporter.checks.base import AnyCheckSpec, CheckContext, CheckSettings, CheckSpec, Target
 
 CHECKS: Mapping[str, AnyCheckSpec] = {
@@ -20,6 +20,8 @@ CHECKS: Mapping[str, AnyCheckSpec] = {
         https.HTTP_SPEC,
         icmp.SPEC,
         ssh.SPEC,
+        mssql.SPEC,
+        mssql.BROWSER_SPEC,
         ldap.LDAP_SPEC,
         ldap.LDAPS_SPEC,
     )

@@ -52,11 +52,13 @@ def silent(_data: bytes) -> None:
 
 
 @contextlib.asynccontextmanager
-async def udp_peer(answer: Answer, host: str = "127.0.0.1") -> AsyncIterator[UdpPeer]:
-    """Serve `answer` on a free UDP port of `host` and yield the peer."""
-    peer = UdpPeer(host=host, port=0)
+async def udp_peer(
+    answer: Answer, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[UdpPeer]:
+    """Serve `answer` on `host`:`port` (a free port when 0) and yield the peer."""
+    peer = UdpPeer(host=host, port=port)
     transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-        lambda: _Answerer(peer, answer), local_addr=(host, 0)
+        lambda: _Answerer(peer, answer), local_addr=(host, port)
     )
     peer.port = transport.get_extra_info("sockname")[1]
     try:

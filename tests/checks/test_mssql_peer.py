@@ -1,0 +1,145 @@
+"""The spec-written SQL Server and Browser (tests/fakes/tds.py), proven by independent clients.
+
+FreeTDS's `tsql` (Debian freetds-bin, its own TDS and SSRP code) and pymssql (a static FreeTDS of
+another version, driven through DB-API) log in, fail with 18456, list the Browser's instances
+and resolve a named instance through it. A fake only our own check talked to would prove nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pymssql
+import pytest
+
+from tests.fakes.tds import SERVER_NAME, VERSION_TEXT, browser, tds_server
+
+USER = "monitor"
+PASSWORD = "Corr3ct-Horse"
+TSQL = "/usr/bin/tsql"
+CLIENT_TIMEOUT_S = 30.0  # a bound for a hung client, never reached when the fake answers
+
+
+def _loopback_address() -> str:
+    """A loopback address of its own: `tsql -L` always asks UDP port 1434 there."""
+    return f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(1, 250)}"
+
+
+async def _tsql(
+    *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Run tsql to completion; stdout and stderr together (tsql writes lists to stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        TSQL,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    async with asyncio.timeout(CLIENT_TIMEOUT_S):
+        out, _ = await proc.communicate(stdin)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+def _pymssql_version(port: int, password: str) -> str:
+    connection = pymssql.connect(
+        server="127.0.0.1", port=str(port), user=USER, password=password, login_timeout=5
+    )
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT @@VERSION")
+        row = cursor.fetchone()
+    finally:
+        connection.close()
+    assert row is not None
+    return str(row[0])
+
+
+async def test_tsql_logs_in_and_reads_the_version() -> None:
+    """tsql's pre-login, LOGIN7 and batch reach the fake, which answers @@VERSION."""
+    async with tds_server(USER, PASSWORD) as fake:
+        code, out = await _tsql(
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(fake.port),
+            "-U",
+            USER,
+            "-P",
+            PASSWORD,
+            stdin=b"SELECT @@VERSION\ngo\nexit\n",
+        )
+    assert code == 0, out
+    assert VERSION_TEXT in out
+    assert "(1 row affected)" in out
+    assert fake.logins == [(USER, True)]
+
+
+async def test_tsql_wrong_password_gets_18456() -> None:
+    """A wrong password reaches the fake's LOGIN7 check and tsql prints SQL Server's 18456."""
+    async with tds_server(USER, PASSWORD) as fake:
+        code, out = await _tsql(
+            "-H", "127.0.0.1", "-p", str(fake.port), "-U", USER, "-P", "wrong", stdin=b"exit\n"
+        )
+    assert code != 0
+    assert f"Msg 18456 (severity 14, state 1) from {SERVER_NAME}" in out
+    assert f"Login failed for user '{USER}'." in out
+    assert fake.logins == [(USER, False)]
+
+
+async def test_pymssql_logs_in_and_fails_with_18456() -> None:
+    """pymssql's own FreeTDS logs in with the right password and gets 18456 with a wrong one."""
+    async with tds_server(USER, PASSWORD) as fake:
+        version = await asyncio.to_thread(_pymssql_version, fake.port, PASSWORD)
+        with pytest.raises(pymssql.OperationalError) as raised:
+            await asyncio.to_thread(_pymssql_version, fake.port, "wrong")
+    assert version == VERSION_TEXT
+    assert raised.value.args[0][0] == 18456
+    assert fake.logins == [(USER, True), (USER, False)]
+
+
+async def test_tsql_lists_the_browser_instances() -> None:
+    """`tsql -L` (CLNT_UCAST_EX to UDP 1434) prints every instance with its TCP port."""
+    address = _loopback_address()
+    async with browser({"SQLEXPRESS": 49172, "MSSQLSERVER": 1433}, host=address, port=1434) as peer:
+        code, out = await _tsql("-LH", address, stdin=b"")
+    assert code == 0
+    assert peer.received == [b"\x03"]
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert f"ServerName {SERVER_NAME}" in lines
+    assert [line for line in lines if line.startswith("InstanceName")] == [
+        "InstanceName SQLEXPRESS",
+        "InstanceName MSSQLSERVER",
+    ]
+    assert [line for line in lines if line.startswith("tcp ")] == ["tcp 49172", "tcp 1433"]
+
+
+async def test_tsql_resolves_a_named_instance_and_logs_in(tmp_path: Path) -> None:
+    """FreeTDS with `instance =` asks the Browser for the port, then logs in on that port."""
+    address = _loopback_address()
+    conf = tmp_path / "freetds.conf"
+    async with (
+        tds_server(USER, PASSWORD, host=address) as fake,
+        browser({"SQLEXPRESS": fake.port}, host=address, port=1434) as peer,
+    ):
+        conf.write_text(
+            f"[fakesql]\n\thost = {address}\n\tinstance = SQLEXPRESS\n", encoding="utf-8"
+        )
+        code, out = await _tsql(
+            "-S",
+            "fakesql",
+            "-U",
+            USER,
+            "-P",
+            PASSWORD,
+            stdin=b"SELECT @@VERSION\ngo\nexit\n",
+            env={"FREETDSCONF": str(conf), "PATH": "/usr/bin:/bin"},
+        )
+    assert code == 0, out
+    assert VERSION_TEXT in out
+    assert peer.received[:1] == [b"\x04SQLEXPRESS\x00"]
+    assert fake.logins == [(USER, True)]
