@@ -94,6 +94,8 @@ class Flow:
     port_range: tuple[int, int] | None = None
     optional: bool = False
     erratum: str = ""
+    # Settings this flow gives its check unless the config sets them (key, value).
+    settings: tuple[tuple[str, object], ...] = ()
 
     @property
     def reason(self) -> str:
@@ -218,7 +220,8 @@ FLOWS: tuple[Flow, ...] = (
          (_row(7),)),
     Flow("ldap_dc", _TCP, 389, _E, Role.DOMAIN_CONTROLLERS, "ldap", (_row(8),)),
     Flow("ldaps_dc", _TCP, 636, _E, Role.DOMAIN_CONTROLLERS, "ldaps", (_row(9),)),
-    Flow("ldaps_gc", _TCP, 3269, _E, Role.DOMAIN_CONTROLLERS, "ldaps", (_row(10),)),
+    Flow("ldaps_gc", _TCP, 3269, _E, Role.DOMAIN_CONTROLLERS, "ldaps", (_row(10),),
+         settings=(("global_catalog", True),)),
     Flow("https_app_relay", _TCP, 443, _E, Role.APPLICATION_SERVER, "https", (_row(12),),
          FOOTNOTES["**"]),
     Flow("https_vsphere", _TCP, 443, _E, Role.VSPHERE, "vsphere", (_row(13),)),

@@ -44,7 +44,7 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Checks that exist in the catalogue but not yet in this build: TLS-protocol ports fall back to
 # a TLS handshake, other TCP ports to a connect, and the `check` label says which ran.
-_TLS_FALLBACK = frozenset({"ldaps", "vsphere"})
+_TLS_FALLBACK = frozenset({"vsphere"})
 
 # Bounds that keep a hostile or mistaken file from hanging or exhausting the process. A config
 # of 200,000 pairs written one extra flow per line is about 12 MB, so the size cap leaves room;
@@ -763,7 +763,7 @@ class _Resolver:
         override = self.config.flows.get(flow.id, FlowOverride())
         path: tuple[str | int, ...] = ("flows", flow.id)
         check = effective_check(flow)
-        settings = self._settings(override, path, flow.check, check)
+        settings = self._settings(override, path, flow.check, check, dict(flow.settings))
         if flow.source is not self.config.source:
             if flow.id in self.config.flows:
                 self.warnings.append(
@@ -832,7 +832,12 @@ class _Resolver:
         )
 
     def _settings(
-        self, block: FlowOverride, path: tuple[str | int, ...], wanted: str, runs: str | None
+        self,
+        block: FlowOverride,
+        path: tuple[str | int, ...],
+        wanted: str,
+        runs: str | None,
+        flow_defaults: Mapping[str, object] | None = None,
     ) -> CheckSettings | None:
         """The block's check settings, validated whole before anything decides to skip the flow.
 
@@ -842,7 +847,8 @@ class _Resolver:
         place in this build (None: nothing does). The block is validated against the settings
         of the check that runs, since those are the only settings that are used: a setting
         of a check not yet available is refused rather than accepted and ignored. None, with
-        the problems recorded, when the block is invalid.
+        the problems recorded, when the block is invalid. `flow_defaults` are the catalogue
+        flow's own settings (the global catalog of `ldaps_gc`), which the block may override.
         """
         model: type[CheckSettings] = CheckSettings if runs is None else CHECKS[runs].settings_model
         note = ""
@@ -862,7 +868,9 @@ class _Resolver:
         known = len(self.problems)
         settings: CheckSettings | None = None
         try:
-            settings = model.model_validate(dict(block.model_extra or {}))
+            given = dict(block.model_extra or {})
+            defaults = flow_defaults if runs == wanted and flow_defaults else {}
+            settings = model.model_validate({**defaults, **given})
         except ValidationError as exc:
             self.problems.extend(
                 _pydantic_problems(

@@ -9,6 +9,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from exporter.errors import ConfigError, CredentialError
 from exporter.secrets import Secret, SecretRef, redact_url, reveal, unreadable_secrets
 from tests.fakes.tds import TdsFake, tds_server_thread
 from tests.peers.exporter import RunningExporter, run_exporter
+from tests.peers.slapd import USER_PASSWORD, Slapd
 from tests.peers.tns_listener import TnsListener, run_tns_listener
 
 POLL_DEADLINE_S = 20.0
@@ -33,6 +35,8 @@ SQL_WRONG_PASSWORD = "S3CR3T-SQL-WRONG-PW-2b1c"
 SECRETS = (INLINE_HEADER, INLINE_PATH, FILE_HEADER, ENV_QUERY, ENV_COOKIE, SQL_WRONG_PASSWORD)
 SQL_USER = "monitor"
 ORACLE_PASSWORD = "S3CR3T-ORACLE-PW-3d9e"  # passed to the database driver, never sent by HTTP
+LDAP_WRONG_PASSWORD = "S3CR3T-LDAP-WRONG-0b7d"
+LDAP_SECRETS = (USER_PASSWORD, LDAP_WRONG_PASSWORD)  # the bind password by file, a wrong one inline
 QUERY_VARIABLE = "CFE_TEST_QUERY_TOKEN"
 COOKIE_VARIABLE = "CFE_TEST_COOKIE"
 MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs for seconds only
@@ -40,7 +44,7 @@ MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs fo
 
 def found_secrets(text: str) -> list[str]:
     """The test secrets that occur in `text`."""
-    return [secret for secret in (*SECRETS, ORACLE_PASSWORD) if secret in text]
+    return [secret for secret in (*SECRETS, ORACLE_PASSWORD, *LDAP_SECRETS) if secret in text]
 
 
 # --- references -----------------------------------------------------------------------------
@@ -333,7 +337,27 @@ def sql_flows(secret_file: Path, port: int) -> str:
     )
 
 
-FLOWS = ("api_inline", "api_by_reference", "api_redirect", "api_failing", "sql_login", "sql_wrong")
+def ldap_flows(slapd: Slapd, password_file: Path) -> str:
+    """Two LDAP flows: a bind with the password by file, and a wrong password inline."""
+    return (
+        f"  - id: ldap_bind\n    check: ldap\n    target: 127.0.0.1:{slapd.ldap_port}\n"
+        f"    bind_dn: {slapd.user_dn}\n    password: {{file: {password_file}}}\n"
+        f"  - id: ldap_wrong\n    check: ldaps\n    target: 127.0.0.1:{slapd.ldaps_port}\n"
+        f"    ca_file: {slapd.ca_cert}\n"
+        f"    bind_dn: {slapd.user_dn}\n    password: {LDAP_WRONG_PASSWORD}\n"
+    )
+
+
+FLOWS = (
+    "api_inline",
+    "api_by_reference",
+    "api_redirect",
+    "api_failing",
+    "sql_login",
+    "sql_wrong",
+    "ldap_bind",
+    "ldap_wrong",
+)
 
 
 def oracle_flow(port: int) -> str:
@@ -373,32 +397,58 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@dataclass(frozen=True)
+class DatabasePeers:
+    """The directory and database peers whose logins carry the test passwords."""
+
+    sql: TdsFake
+    tns: TnsListener
+    slapd: Slapd
+
+
+@pytest.fixture
+def databases(sql: TdsFake, tns: TnsListener, slapd: Slapd) -> DatabasePeers:
+    """The SQL Server fake, the Oracle listener fake and the real slapd, together."""
+    return DatabasePeers(sql, tns, slapd)
+
+
 def test_no_output_surface_shows_a_secret(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     peers: tuple[CapturingPeer, CapturingPeer],
-    sql: TdsFake,
-    tns: TnsListener,
+    databases: DatabasePeers,
 ) -> None:
     """Metrics, page, probe debug, debug log, check output, validate and reload errors show
     no secret, while the flow's own target did receive every one of them."""
+    sql, tns, slapd = databases.sql, databases.tns, databases.slapd
     own, other = peers
     secret_file = tmp_path / "api-key"
     secret_file.write_text(FILE_HEADER + "\n", encoding="utf-8")
+    ldap_password_file = tmp_path / "ldap-password"
+    ldap_password_file.write_text(USER_PASSWORD + "\n", encoding="utf-8")
     monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
     monkeypatch.setenv(COOKIE_VARIABLE, ENV_COOKIE)
     config = tmp_path / "config.yaml"
-    write_config(
-        config, secret_file, own.port, sql_flows(secret_file, sql.port) + oracle_flow(tns.port)
+    extra = (
+        sql_flows(secret_file, sql.port)
+        + ldap_flows(slapd, ldap_password_file)
+        + oracle_flow(tns.port)
     )
+    write_config(config, secret_file, own.port, extra)
+    probe_targets = {
+        "sql_login": f"127.0.0.1:{sql.port}",
+        "sql_wrong": f"127.0.0.1:{sql.port}",
+        "ldap_bind": f"127.0.0.1:{slapd.ldap_port}",
+        "ldap_wrong": f"127.0.0.1:{slapd.ldaps_port}",
+    }
     surfaces: dict[str, str] = {}
 
     with run_exporter(config, tmp_path, global_args=["--log-level", "debug"]) as exporter:
         surfaces["/metrics"] = wait_for_every_flow(exporter, (*FLOWS, "db_oracle"))
         surfaces["/"] = exporter.get("/")[1]
         for flow in FLOWS:
-            port = sql.port if flow.startswith("sql_") else own.port
-            status, body = exporter.get(f"/probe?module={flow}&target=127.0.0.1:{port}&debug=true")
+            target = probe_targets.get(flow, f"127.0.0.1:{own.port}")
+            status, body = exporter.get(f"/probe?module={flow}&target={target}&debug=true")
             assert status == 200
             assert "Logs for the probe" in body
             surfaces[f"/probe {flow}"] = body
@@ -419,6 +469,9 @@ def test_no_output_surface_shows_a_secret(
     assert "detail=HTTP 200 OK for GET /health?token=<redacted>" in surfaces["/probe api_inline"]
     assert "detail=HTTP 200 OK for GET /?key=<redacted>" in surfaces["/probe api_by_reference"]
     assert "api_failing" in surfaces["/"]
+    # the LDAP passwords reached slapd: one bind succeeded, the other was refused
+    assert f"bound as 'dn:{slapd.user_dn}'" in surfaces["/probe ldap_bind"]
+    assert "bind failed: invalidCredentials (49)" in surfaces["/probe ldap_wrong"]
 
     for fmt in ("table", "json", "junit"):
         done = run_cli("check", "--config", str(config), "--format", fmt, "--no-progress")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from exporter.checks import db2, https, icmp, mssql, oracle_tns, ssh, tcp, tls
+from exporter.checks import db2, https, icmp, ldap, mssql, oracle_tns, ssh, tcp, tls
 from exporter.checks.base import AnyCheckSpec, CheckContext, CheckSettings, CheckSpec, Target
 
 CHECKS: Mapping[str, AnyCheckSpec] = {
@@ -24,6 +24,8 @@ CHECKS: Mapping[str, AnyCheckSpec] = {
         mssql.BROWSER_SPEC,
         db2.SPEC,
         oracle_tns.SPEC,
+        ldap.LDAP_SPEC,
+        ldap.LDAPS_SPEC,
     )
 }
 

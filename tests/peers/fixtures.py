@@ -13,10 +13,11 @@ import pytest
 from tests.peers import netns as peers_netns
 from tests.peers import nginx as peers_nginx
 from tests.peers import pki as peers_pki
+from tests.peers import slapd as peers_slapd
 from tests.peers import sshd as peers_sshd
 from tests.peers.derby import derby
 
-__all__ = ["derby", "isolated_host", "nginx", "pki", "sshd"]
+__all__ = ["derby", "isolated_host", "nginx", "pki", "slapd", "sshd"]
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +37,13 @@ def sshd() -> Iterator[peers_sshd.Sshd]:
 def nginx(pki: peers_pki.Pki) -> Iterator[peers_nginx.Nginx]:
     """One real nginx with valid/expired/wrong-host TLS ports and a plain HTTP port."""
     with peers_nginx.run_nginx(pki) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def slapd(pki: peers_pki.Pki) -> Iterator[peers_slapd.Slapd]:
+    """A real OpenLDAP slapd whose RootDSE reads like an Active Directory global catalog."""
+    with peers_slapd.run_slapd(pki, root_dse=peers_slapd.AD_GLOBAL_CATALOG) as server:
         yield server
 
 
