@@ -78,7 +78,14 @@ LAST_CHECK = Family(
 CERT_EXPIRY = Family(
     "certero_flow_tls_cert_expiry_timestamp_seconds",
     "gauge",
-    "Unix time when the peer's TLS certificate expires, reported even when verification failed.",
+    "Unix time when the peer's TLS leaf certificate expires, reported even when verification "
+    "failed.",
+)
+CHAIN_EXPIRY = Family(
+    "certero_flow_tls_chain_expiry_timestamp_seconds",
+    "gauge",
+    "Unix time when the first certificate of the chain the peer presented (leaf or "
+    "intermediate) expires.",
 )
 PEER_INFO = Family(
     "certero_flow_peer_info",
@@ -105,6 +112,7 @@ PAIR_FAMILIES: tuple[Family, ...] = (
     HISTOGRAM,
     LAST_CHECK,
     CERT_EXPIRY,
+    CHAIN_EXPIRY,
     PEER_INFO,
     TCP_RTT,
 )
@@ -176,6 +184,11 @@ def render_pair(
         if result.tls_cert_expiry_seconds is not None
         else ""
     )
+    chain_expiry = (
+        f"{CHAIN_EXPIRY.name}{base} {number(result.tls_chain_expiry_seconds)}\n"
+        if result.tls_chain_expiry_seconds is not None
+        else ""
+    )
     peer = ""
     if result.peer is not None:
         peer_labels = label_text(
@@ -188,7 +201,8 @@ def render_pair(
         else ""
     )
     return tuple(
-        text.encode() for text in (up, states, duration, phases, histogram, last, expiry, peer, rtt)
+        text.encode()
+        for text in (up, states, duration, phases, histogram, last, expiry, chain_expiry, peer, rtt)
     )
 
 

@@ -59,6 +59,7 @@ def to_json(reports: Sequence[FlowReport]) -> str:
                     else None
                 ),
                 "tls_cert_expiry_seconds": report.result.tls_cert_expiry_seconds,
+                "tls_chain_expiry_seconds": report.result.tls_chain_expiry_seconds,
                 "detail": report.result.detail,
                 "reason": report.job.catalogue_flow.reason if report.job.catalogue_flow else "",
             }

@@ -55,8 +55,9 @@ class CheckResult:
     phases: Mapping[Phase, float] = field(default_factory=dict)
     peer: PeerInfo | None = None
     address: str = ""
-    tls_cert_expiry_seconds: float | None = None
+    tls_cert_expiry_seconds: float | None = None  # the leaf's notAfter
     tcp_rtt_seconds: float | None = None
+    tls_chain_expiry_seconds: float | None = None  # the earliest notAfter of the presented chain
 
     @property
     def ok(self) -> bool:

@@ -450,11 +450,11 @@ async def probe(request: web.Request) -> web.Response:
         "# TYPE probe_duration_seconds gauge\n",
         f"probe_duration_seconds {number(result.duration_seconds)}\n",
     ]
-    if result.tls_cert_expiry_seconds is not None:
+    if result.tls_chain_expiry_seconds is not None:  # as blackbox: the presented chain's earliest
         lines += [
             "# HELP probe_ssl_earliest_cert_expiry Returns last SSL chain expiry in unixtime\n",
             "# TYPE probe_ssl_earliest_cert_expiry gauge\n",
-            f"probe_ssl_earliest_cert_expiry {number(result.tls_cert_expiry_seconds)}\n",
+            f"probe_ssl_earliest_cert_expiry {number(result.tls_chain_expiry_seconds)}\n",
         ]
     labels = state.store.labels(job)
     chunks = render_pair(labels, result, time.time(), None)

@@ -33,6 +33,7 @@ def filled_store() -> ResultStore:
             "192.0.2.1",
             1_900_000_000.0,
             0.0004,
+            tls_chain_expiry_seconds=1_850_000_000.0,
         ),
         1_800_000_000.0,
     )
@@ -60,6 +61,8 @@ def test_rendered_text_parses_and_keeps_values() -> None:
     assert products == {"TLS", HOSTILE_PRODUCT}
     expiry = families["certero_flow_tls_cert_expiry_timestamp_seconds"].samples
     assert [s.value for s in expiry] == [1_900_000_000.0]
+    chain = families["certero_flow_tls_chain_expiry_timestamp_seconds"].samples
+    assert [s.value for s in chain] == [1_850_000_000.0]
     rtt = families["certero_flow_tcp_rtt_seconds"].samples
     assert [s.value for s in rtt] == [0.0004]
 

@@ -92,6 +92,7 @@ class CheckContext:
         self.peer: PeerInfo | None = None
         self.address = ""
         self.tls_cert_expiry_seconds: float | None = None
+        self.tls_chain_expiry_seconds: float | None = None
         self.tcp_rtt_seconds: float | None = None
         # What a timeout means at this point of the run, set by a step waiting on a peer that may
         # stay silent (a UDP request); the run's deadline then reports it instead of its own words.
@@ -161,6 +162,7 @@ class CheckContext:
             peer=self.peer,
             address=self.address,
             tls_cert_expiry_seconds=self.tls_cert_expiry_seconds,
+            tls_chain_expiry_seconds=self.tls_chain_expiry_seconds,
             tcp_rtt_seconds=self.tcp_rtt_seconds,
         )
 

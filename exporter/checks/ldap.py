@@ -39,7 +39,6 @@ with warnings.catch_warnings():
     )
     import ldap3
     from ldap3.core import exceptions as ldap3_errors
-from cryptography import x509
 from pydantic import Field, model_validator
 
 from exporter.blocking import Deadline
@@ -48,9 +47,9 @@ from exporter.checks.net import (
     TlsSettings,
     client_ssl_context,
     connect_tcp,
-)
-from exporter.checks.net import (
-    _record_unverified_certificate as record_unverified_certificate,
+    presented_chain,
+    record_certificates,
+    record_unverified_certificate,
 )
 from exporter.checks.tls import expiry_note
 from exporter.errors import CheckFailure
@@ -310,14 +309,14 @@ class _Session:
 
     def wrap_tls(
         self, deadline: Deadline, context: ssl.SSLContext, server_name: str
-    ) -> bytes | None:
-        """TLS handshake on the socket; the peer certificate (DER) it presented."""
+    ) -> list[bytes]:
+        """TLS handshake on the socket; the certificates (DER, leaf first) the peer presented."""
         self.sock.settimeout(deadline.timeout())
         wrapped = context.wrap_socket(self.sock, server_hostname=server_name)
         self.sock = wrapped
         self.wire = _RecordingSocket(wrapped)
         self.connection.socket = self.wire
-        return wrapped.getpeercert(binary_form=True)
+        return presented_chain(wrapped)
 
     def start_tls(self, deadline: Deadline) -> None:
         """Send the StartTLS extended request; raise unless the server agrees."""
@@ -414,14 +413,14 @@ async def _run(
         if ldaps or settings.start_tls:
             try:
                 with context.phase(Phase.TLS):
-                    der = await context.run_blocking(
+                    chain = await context.run_blocking(
                         session.wrap_tls, client_ssl_context(settings), server_name
                     )
             except ssl.SSLCertVerificationError:
                 if ldaps:  # TLS from the first byte: a second connection can read the certificate
                     await record_unverified_certificate(context, target, server_name)
                 raise
-            _record_expiry(context, der)
+            record_certificates(context, chain)
         with context.phase(Phase.HANDSHAKE):
             root = await context.run_blocking(session.read_root_dse)
         context.peer = root.peer()
@@ -475,16 +474,6 @@ def _check_global_catalog(root: RootDse, settings: LdapSettings) -> str:
             "not a global catalog: the RootDSE says isGlobalCatalogReady FALSE",
         )
     return ", global catalog not confirmed (no isGlobalCatalogReady: not Active Directory)"
-
-
-def _record_expiry(context: CheckContext, der: bytes | None) -> None:
-    if der is None:
-        return
-    try:
-        certificate = x509.load_der_x509_certificate(der)
-    except ValueError:
-        return
-    context.tls_cert_expiry_seconds = certificate.not_valid_after_utc.timestamp()
 
 
 async def run_ldap(target: Target, settings: LdapSettings, context: CheckContext) -> CheckResult:

@@ -14,6 +14,7 @@ the kernel then accepts replies from that peer only and reports the ICMP errors 
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
 import functools
 import socket
@@ -182,29 +183,63 @@ async def start_tls(
         with context.phase(Phase.TLS):
             await writer.start_tls(client_ssl_context(settings), server_hostname=server_name)
     except ssl.SSLCertVerificationError:
-        await _record_unverified_certificate(context, target, server_name)
+        await record_unverified_certificate(context, target, server_name)
         raise
     ssl_object = writer.get_extra_info("ssl_object")
     if isinstance(ssl_object, ssl.SSLObject):
-        _record_certificate(context, ssl_object)
+        record_certificates(context, presented_chain(ssl_object))
         context.debug("tls established", version=ssl_object.version(), cipher=ssl_object.cipher())
 
 
-def _record_certificate(context: CheckContext, ssl_object: ssl.SSLObject) -> None:
-    der = ssl_object.getpeercert(binary_form=True)
-    if der is None:
-        return
-    try:
-        certificate = x509.load_der_x509_certificate(der)
-    except ValueError:
-        context.debug("peer certificate could not be parsed")
-        return
-    not_after = certificate.not_valid_after_utc
-    context.tls_cert_expiry_seconds = not_after.timestamp()
-    context.debug("certificate", subject=certificate.subject.rfc4514_string(), expires=not_after)
+def presented_chain(tls: ssl.SSLObject | ssl.SSLSocket) -> list[bytes]:
+    """The DER certificates the peer presented, leaf first (the leaf alone where the chain is
+    not available).
+
+    Python 3.13 offers `get_unverified_chain()`; 3.10 to 3.12 have the same method on the
+    private `_sslobj`, returning certificate objects instead of bytes.
+    """
+    getter = getattr(tls, "get_unverified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(tls, "_sslobj", None), "get_unverified_chain", None)
+    chain = getter() if getter is not None else None
+    if chain:
+        return [
+            item if isinstance(item, bytes) else item.public_bytes(_ssl.ENCODING_DER)
+            for item in chain
+        ]
+    leaf = tls.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
 
 
-async def _record_unverified_certificate(
+def record_certificates(context: CheckContext, chain: list[bytes]) -> None:
+    """Record the leaf's expiry and the earliest expiry of the presented chain.
+
+    An intermediate that expires before the leaf breaks every client once it does, so the
+    chain's earliest date is reported beside the leaf's (blackbox_exporter's
+    `probe_ssl_earliest_cert_expiry` means the same).
+    """
+    expiries: list[float] = []
+    for index, der in enumerate(chain):
+        try:
+            certificate = x509.load_der_x509_certificate(der)
+        except ValueError:
+            context.debug("peer certificate could not be parsed", position=index)
+            continue
+        not_after = certificate.not_valid_after_utc
+        if index == 0:
+            context.tls_cert_expiry_seconds = not_after.timestamp()
+        expiries.append(not_after.timestamp())
+        context.debug(
+            "certificate",
+            position=index,
+            subject=certificate.subject.rfc4514_string(),
+            expires=not_after,
+        )
+    if expiries:
+        context.tls_chain_expiry_seconds = min(expiries)
+
+
+async def record_unverified_certificate(
     context: CheckContext, target: Target, server_name: str
 ) -> None:
     """Read the certificate that failed verification; any error here is only logged.
@@ -229,7 +264,7 @@ async def _record_unverified_certificate(
             try:
                 ssl_object = writer.get_extra_info("ssl_object")
                 if isinstance(ssl_object, ssl.SSLObject):
-                    _record_certificate(context, ssl_object)
+                    record_certificates(context, presented_chain(ssl_object))
             finally:
                 await close_stream(writer)
     except (OSError, ssl.SSLError, TimeoutError) as exc:

@@ -168,3 +168,30 @@ async def test_rejected_certificate_is_read_on_a_second_connection(pki: Pki) -> 
     assert result.result is Result.TLS_ERROR
     assert result.detail == "certificate rejected: certificate has expired"
     assert result.tls_cert_expiry_seconds == pki.expired.not_after.timestamp()
+
+
+async def test_chain_expiry_is_the_earliest_of_the_presented_chain(pki: Pki) -> None:
+    """An intermediate that expires before the leaf sets the chain's expiry; the leaf's is kept."""
+    async with fake_server(serves_tls(_server_context(pki.chained))) as port:
+        result = await _tls(port, _verifying(pki))
+    assert result.result is Result.OK, result.detail
+    assert result.tls_cert_expiry_seconds == pki.chained.not_after.timestamp()
+    assert result.tls_chain_expiry_seconds == pki.intermediate_not_after.timestamp()
+
+
+async def test_chain_of_a_rejected_certificate_is_read_too(pki: Pki) -> None:
+    """A chain that fails verification still reports its earliest expiry (second connection)."""
+    untrusting = TlsSettings(server_name="localhost")  # the system store lacks the test CA
+    async with fake_server(serves_tls(_server_context(pki.chained))) as port:
+        result = await _tls(port, untrusting)
+    assert result.result is Result.TLS_ERROR
+    assert result.tls_cert_expiry_seconds == pki.chained.not_after.timestamp()
+    assert result.tls_chain_expiry_seconds == pki.intermediate_not_after.timestamp()
+
+
+async def test_a_lone_leaf_is_its_own_chain(pki: Pki) -> None:
+    """A server that presents only its leaf has a chain expiry equal to the leaf's."""
+    async with fake_server(serves_tls(_server_context(pki.valid))) as port:
+        result = await _tls(port, _verifying(pki))
+    assert result.result is Result.OK
+    assert result.tls_chain_expiry_seconds == result.tls_cert_expiry_seconds

@@ -37,6 +37,8 @@ class Pki:
     expired: CertPair
     wrong_host: CertPair
     client: CertPair
+    chained: CertPair  # issued by an intermediate CA; its file holds the leaf and the intermediate
+    intermediate_not_after: dt.datetime  # earlier than `chained.not_after`
 
 
 def _now() -> dt.datetime:
@@ -70,7 +72,7 @@ def _make_ca(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=60))
         .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -91,6 +93,48 @@ def _make_ca(
     path = directory / "ca.crt"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert, key, path
+
+
+def _make_intermediate(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    now: dt.datetime,
+    not_after: dt.datetime,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A P-256 intermediate CA signed by the root, expiring at `not_after`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cfe test intermediate")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
 
 
 def _make_server(
@@ -194,4 +238,28 @@ def make_pki(directory: Path) -> Pki:
         not_after=now + 90 * day,
         usage=ExtendedKeyUsageOID.CLIENT_AUTH,
     )
-    return Pki(ca_cert=ca_path, valid=valid, expired=expired, wrong_host=wrong_host, client=client)
+    intermediate_not_after = now + 20 * day
+    intermediate, intermediate_key = _make_intermediate(
+        ca_cert, ca_key, now, intermediate_not_after
+    )
+    chained = _make_server(
+        directory,
+        "chained",
+        intermediate,
+        intermediate_key,
+        common_name="localhost",
+        sans=LOCAL_SANS,
+        not_before=now - day,
+        not_after=now + 90 * day,
+    )
+    with chained.cert.open("ab") as chain_file:  # leaf first, then the intermediate
+        chain_file.write(intermediate.public_bytes(serialization.Encoding.PEM))
+    return Pki(
+        ca_cert=ca_path,
+        valid=valid,
+        expired=expired,
+        wrong_host=wrong_host,
+        client=client,
+        chained=chained,
+        intermediate_not_after=intermediate_not_after,
+    )
