@@ -167,6 +167,17 @@ class CheckContext:
         )
 
 
+def quote_peer(data: bytes | str, limit: int = 60) -> str:
+    """A short, printable excerpt of what a peer sent, for a detail or a debug line.
+
+    Control characters become spaces, so a hostile peer cannot break a log line or a label
+    value, and at most `limit` characters are kept ("…" marks a cut).
+    """
+    text = data.decode("ascii", errors="replace") if isinstance(data, bytes) else data
+    text = "".join(char if char.isprintable() else " " for char in text).strip()
+    return repr(text[:limit]) + ("…" if len(text) > limit else "")
+
+
 SettingsT = TypeVar("SettingsT", bound=CheckSettings)
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from exporter.checks.base import CheckContext, CheckSettings, CheckSpec, Target
+from exporter.checks.base import CheckContext, CheckSettings, CheckSpec, Target, quote_peer
 from exporter.checks.net import close_stream, open_stream
 from exporter.errors import CheckFailure
 from exporter.result import CheckResult, PeerInfo, Phase, Result
@@ -214,7 +214,7 @@ async def _read_header(reader: asyncio.StreamReader) -> bytes:
                 Result.SERVICE_ERROR, "connection closed before the DRDA reply"
             ) from exc
         raise CheckFailure(
-            Result.PROTOCOL_MISMATCH, f"not a DRDA server: it sent {_quote(exc.partial)}"
+            Result.PROTOCOL_MISMATCH, f"not a DRDA server: it sent {quote_peer(exc.partial)}"
         ) from exc
 
 
@@ -224,7 +224,9 @@ def validate_dss_header(header: bytes) -> tuple[int, int]:
     # sent with id 2 with id 1.
     length, magic, fmt, _ = DSS_HEADER.unpack(header)
     if magic != DSS_MAGIC:
-        raise CheckFailure(Result.PROTOCOL_MISMATCH, f"not a DRDA server: it sent {_quote(header)}")
+        raise CheckFailure(
+            Result.PROTOCOL_MISMATCH, f"not a DRDA server: it sent {quote_peer(header)}"
+        )
     if fmt & FORMAT_RESERVED or fmt & FORMAT_TYPE_MASK not in (REPLY_DSS, OBJECT_DSS):
         raise CheckFailure(
             Result.PROTOCOL_MISMATCH, f"not a DRDA server: DSS format byte 0x{fmt:02X}"
@@ -350,12 +352,6 @@ def database_verdict(reply: DdmObject, database: str, attributes: ServerAttribut
             "(Apache Derby opens databases only at login and accepts any name before)"
         )
     return f"database {database} known (ACCSEC accepted)"
-
-
-def _quote(data: bytes) -> str:
-    """A short, printable excerpt of what the peer sent."""
-    text = data[:40].decode("ascii", errors="replace")
-    return repr(text) + ("…" if len(data) > 40 else "")
 
 
 SPEC = CheckSpec(

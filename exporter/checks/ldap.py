@@ -24,6 +24,7 @@ passes and its detail says the role was not confirmed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import socket
 import ssl
@@ -42,7 +43,7 @@ with warnings.catch_warnings():
 from pydantic import Field, model_validator
 
 from exporter.blocking import Deadline
-from exporter.checks.base import CheckContext, CheckSpec, Target
+from exporter.checks.base import CheckContext, CheckSpec, Target, quote_peer
 from exporter.checks.net import (
     TlsSettings,
     client_ssl_context,
@@ -69,6 +70,7 @@ ROOT_DSE_ATTRIBUTES = (
     "objectClass",
 )
 MAX_QUOTED_CHARS = 100  # of a diagnostic message or of what a non-LDAP peer sent
+_quote = functools.partial(quote_peer, limit=MAX_QUOTED_CHARS)
 _FIRST_BYTES = 32  # kept from the peer's first reply, to name what a non-LDAP peer is
 _LDAP_MESSAGE_TAG = 0x30  # every LDAPMessage is a BER SEQUENCE
 _AD_DATA = re.compile(r"\bdata ([0-9a-fA-F]{3,4})\b")
@@ -388,12 +390,6 @@ class _Session:
             raise LdapResultError(operation, code, str(result.get("message") or ""))
 
 
-def _quote(data: bytes | str) -> str:
-    text = data.decode("ascii", errors="replace") if isinstance(data, bytes) else data
-    text = "".join(char if char.isprintable() else " " for char in text).strip()
-    return repr(text[:MAX_QUOTED_CHARS]) + ("…" if len(text) > MAX_QUOTED_CHARS else "")
-
-
 async def _run(
     target: Target, settings: LdapSettings, context: CheckContext, *, ldaps: bool
 ) -> CheckResult:
@@ -509,7 +505,10 @@ def classify(exc: BaseException, phase: Phase | None) -> tuple[Result, str] | No
         return Result.SERVICE_ERROR, f"connection closed by the server{where} without an LDAP reply"
     if isinstance(exc, ldap3_errors.LDAPException) and not isinstance(exc, OSError):
         where = f" during {phase.value}" if phase is not None else ""
-        return Result.SERVICE_ERROR, f"LDAP error{where}: {type(exc).__name__}: {_quote(str(exc))}"
+        return (
+            Result.SERVICE_ERROR,
+            f"LDAP error{where}: {type(exc).__name__}: {_quote(str(exc))}",
+        )
     return None
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from exporter.blocking import Deadline
-from exporter.checks.base import CheckContext, CheckSettings, CheckSpec, Target
+from exporter.checks.base import CheckContext, CheckSettings, CheckSpec, Target, quote_peer
 from exporter.checks.net import MAX_DATAGRAM_BYTES, close_stream, exchange_datagram, open_stream
 from exporter.errors import CheckFailure
 from exporter.result import CheckResult, PeerInfo, Phase, Result
@@ -245,7 +245,7 @@ async def _read_header(reader: asyncio.StreamReader) -> tuple[int, int, int]:
         partial = exc.partial if isinstance(exc, asyncio.IncompleteReadError) else b""
         if partial:
             raise CheckFailure(
-                Result.PROTOCOL_MISMATCH, f"not a TDS server: it sent {_quote(partial)}"
+                Result.PROTOCOL_MISMATCH, f"not a TDS server: it sent {quote_peer(partial)}"
             ) from exc
         raise CheckFailure(
             Result.SERVICE_ERROR,
@@ -254,7 +254,7 @@ async def _read_header(reader: asyncio.StreamReader) -> tuple[int, int, int]:
         ) from exc
     kind, status, length, _, _, _ = TDS_HEADER.unpack(raw)
     if kind != TDS_TABULAR_RESULT or not TDS_HEADER.size < length <= MAX_PRELOGIN_REPLY_BYTES:
-        raise CheckFailure(Result.PROTOCOL_MISMATCH, f"not a TDS server: it sent {_quote(raw)}")
+        raise CheckFailure(Result.PROTOCOL_MISMATCH, f"not a TDS server: it sent {quote_peer(raw)}")
     return kind, status, length
 
 
@@ -300,7 +300,7 @@ def parse_svr_resp(data: bytes) -> list[BrowserInstance]:
     """
     if len(data) < 3 or data[0] != SSRP_SVR_RESP:
         raise CheckFailure(
-            Result.PROTOCOL_MISMATCH, f"not a SQL Server Browser answer: it sent {_quote(data)}"
+            Result.PROTOCOL_MISMATCH, f"not a SQL Server Browser answer: it sent {quote_peer(data)}"
         )
     (size,) = struct.unpack_from("<H", data, 1)
     body = data[3 : 3 + size].decode("latin-1")
@@ -408,11 +408,6 @@ def classify(error: BaseException, phase: Phase | None) -> tuple[Result, str] | 
     if "timed out" in text:
         return Result.TIMEOUT, f"pymssql error {code}: {first}"
     return Result.SERVICE_ERROR, f"pymssql error {code}: {first}"
-
-
-def _quote(data: bytes) -> str:
-    text = data[:40].decode("ascii", errors="replace")
-    return repr(text) + ("…" if len(data) > 40 else "")
 
 
 SPEC = CheckSpec(

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pydantic import Field, model_validator
 
 from exporter import __version__
-from exporter.checks.base import CheckContext, CheckSettings, CheckSpec, Target
+from exporter.checks.base import CheckContext, CheckSettings, CheckSpec, Target, quote_peer
 from exporter.checks.net import close_stream, open_stream
 from exporter.classify import classify as classify_generic
 from exporter.errors import CheckFailure
@@ -233,7 +233,7 @@ async def read_packet(reader: asyncio.StreamReader) -> Packet:
     length, _, packet_type, flags, _ = HEADER.unpack(header)
     if packet_type not in _KNOWN_TYPES or length < HEADER.size:
         raise CheckFailure(
-            Result.PROTOCOL_MISMATCH, f"not an Oracle TNS listener: it sent {_quote(header)}"
+            Result.PROTOCOL_MISMATCH, f"not an Oracle TNS listener: it sent {quote_peer(header)}"
         )
     if length > MAX_REPLY_BYTES:
         raise CheckFailure(
@@ -366,11 +366,6 @@ def classify(exc: BaseException, phase: Phase | None) -> tuple[Result, str] | No
     where = full_code or (f"ORA-{code:05d}" if code else type(exc).__name__)
     first_line = str(error).splitlines()[0] if str(error) else where
     return Result.SERVICE_ERROR, f"login failed: {first_line[:160]}"
-
-
-def _quote(data: bytes) -> str:
-    """A short, printable excerpt of what the peer sent."""
-    return repr(data[:60].decode("ascii", errors="replace"))
 
 
 SPEC = CheckSpec(

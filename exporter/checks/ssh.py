@@ -14,7 +14,7 @@ import re
 from pydantic import Field
 
 from exporter import __version__
-from exporter.checks.base import CheckContext, CheckSettings, CheckSpec, Target
+from exporter.checks.base import CheckContext, CheckSettings, CheckSpec, Target, quote_peer
 from exporter.checks.net import close_stream, open_stream
 from exporter.errors import CheckFailure
 from exporter.result import CheckResult, PeerInfo, Phase, Result
@@ -71,7 +71,7 @@ async def _read_identification(
             raise CheckFailure(Result.PROTOCOL_MISMATCH, "not an SSH server: endless line") from exc
         if not line:
             break
-        context.debug("received line", length=len(line), text=_quote(line))
+        context.debug("received line", length=len(line), text=quote_peer(line))
         first_line = first_line or line
         if line.startswith(b"SSH-"):
             return _parse_identification(line)
@@ -81,14 +81,16 @@ async def _read_identification(
         raise CheckFailure(
             Result.SERVICE_ERROR, "connection closed before the SSH identification string"
         )
-    raise CheckFailure(Result.PROTOCOL_MISMATCH, f"not an SSH server: it sent {_quote(first_line)}")
+    raise CheckFailure(
+        Result.PROTOCOL_MISMATCH, f"not an SSH server: it sent {quote_peer(first_line)}"
+    )
 
 
 def _parse_identification(line: bytes) -> tuple[str, str, str]:
     match = _IDENTIFICATION.match(line)
     if match is None or len(line) > MAX_LINE_BYTES:
         raise CheckFailure(
-            Result.PROTOCOL_MISMATCH, f"malformed SSH identification string {_quote(line)}"
+            Result.PROTOCOL_MISMATCH, f"malformed SSH identification string {quote_peer(line)}"
         )
     protocol, software, comments = match.groups()
     return protocol.decode(), software.decode(), (comments or b"").decode()
@@ -113,12 +115,6 @@ async def _host_key_fingerprint(context: CheckContext, target: Target) -> str:
     if key is None:
         raise CheckFailure(Result.SERVICE_ERROR, "server offered no host key")
     return str(key.get_fingerprint("sha256"))
-
-
-def _quote(line: bytes) -> str:
-    """A short, printable excerpt of what the peer sent."""
-    text = line[:60].decode("ascii", errors="replace").rstrip("\r\n")
-    return repr(text) + ("…" if len(line) > 60 else "")
 
 
 SPEC = CheckSpec("ssh", SshSettings, run, "SSH identification exchange (RFC 4253), host key")
