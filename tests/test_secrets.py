@@ -455,7 +455,7 @@ def test_no_output_surface_shows_a_secret(
         status, body = exporter.get(
             f"/probe?module=db_oracle&target=127.0.0.1:{tns.port}&debug=true"
         )
-        assert "DPY-3010" in body  # the login ran: the driver had the password
+        assert "ORA-01017" in body  # the login ran: the driver had the password
         surfaces["/probe db_oracle"] = body
         good = config.read_bytes()
         config.write_bytes(good + b"# caf\xe9\n")

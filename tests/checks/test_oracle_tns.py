@@ -2,11 +2,11 @@
 misbehaving servers.
 
 Oracle cannot be installed here. The fake listener (tests/peers/tns_listener.py) answers the
-connection phase; python-oracledb and nmap's `oracle-tns-version` are its independent clients
-below. A login cannot be faked past that phase, so the login's class mapping is shown on the
-exception objects python-oracledb's thin mode raises (its `_Error` with the server's code, as
-`Message._check_and_raise_exception` builds them) and on the errors it raised for real against
-the fake and against a closed port.
+connection phase and refuses every login with ORA-01017; python-oracledb (sync and asyncio) and
+nmap's `oracle-tns-version` are its independent clients below. The account errors a fake with no
+users cannot produce (ORA-28000, ORA-28001, ORA-01034) are shown on the exception objects
+python-oracledb's thin mode raises (its `_Error` with the server's code, as
+`Message._check_and_raise_exception` builds them).
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ from tests.peers.tns_listener import (
     MARKER,
     REDIRECT,
     REFUSE,
+    TTC_DATA_TYPES,
+    TTC_FUNCTION,
+    TTC_PROTOCOL,
     TnsListener,
     accept,
     packet,
@@ -62,6 +65,7 @@ SERVICE = "orclpdb1"
 NMAP = "/usr/bin/nmap"
 # -sV prints what the script found; intensity 0 sends no other version probe (5 s, not 55)
 NMAP_OPTIONS = ("-n", "-Pn", "-sV", "--version-intensity", "0")
+AUTH_PHASE_ONE = 118  # TTC function code of the first authentication message
 LISTENER_19C = PeerInfo(product="Oracle TNS listener", version="19.0.0.0.0")
 
 
@@ -248,16 +252,26 @@ async def test_unexpected_packet_types_are_protocol_mismatch() -> None:
     assert "answered a CONNECT with TNS packet type 12" in service.detail
 
 
-async def test_login_reaches_the_driver_and_maps_its_error(listener: TnsListener) -> None:
-    """With credentials, python-oracledb connects for real; the fake's ACCEPT (protocol 310)
-    stops it at DPY-3010, which the check's mapping names."""
+async def test_wrong_credentials_against_the_fake_are_auth_failed(listener: TnsListener) -> None:
+    """With credentials, python-oracledb logs in for real; the server's ORA-01017 is auth_failed."""
     settings = OracleTnsSettings(service_name=SERVICE, username="scott", password="tiger")
     result = await _check(listener.port, settings)
-    assert result.result is Result.SERVICE_ERROR
-    assert "DPY-3010" in result.detail
+    assert result.result is Result.AUTH_FAILED
+    assert "ORA-01017" in result.detail
     assert "tiger" not in result.detail
     assert Phase.AUTH in result.phases
     assert "(PROGRAM=certero-flow-exporter)" in listener.requests[-1]
+    assert [message for message, _ in listener.ttc] == [TTC_PROTOCOL, TTC_DATA_TYPES, TTC_FUNCTION]
+
+
+async def test_database_older_than_12_1_is_service_error() -> None:
+    """An ACCEPT at protocol version 310 (11g) stops thin mode at DPY-3010, which is named."""
+    settings = OracleTnsSettings(service_name=SERVICE, username="scott", password="tiger")
+    with run_tns_listener(services=(SERVICE,), accept_version=310) as old:
+        result = await _check(old.port, settings)
+    assert result.result is Result.SERVICE_ERROR
+    assert "DPY-3010" in result.detail
+    assert old.ttc == []
 
 
 async def test_silent_login_times_out_at_the_check_deadline() -> None:
@@ -347,11 +361,24 @@ def test_oracledb_gets_ora_12514_from_the_fake(listener: TnsListener) -> None:
     )
 
 
-def test_oracledb_reads_the_fakes_accept(listener: TnsListener) -> None:
-    """python-oracledb reads the fake's ACCEPT and its protocol version (310, below thin's 315)."""
+def test_oracledb_gets_ora_01017_from_the_fake(listener: TnsListener) -> None:
+    """python-oracledb (sync) negotiates with the fake and reads its ERROR message as ORA-01017."""
     exc = _oracledb_error(listener.port, SERVICE)
-    assert "DPY-3010" in str(exc.args[0])
+    assert exc.args[0].full_code == "ORA-01017"
+    assert "invalid username/password; logon denied" in str(exc)
     assert "(SERVICE_NAME=orclpdb1)" in listener.requests[-1]
+    assert listener.ttc[-1] == (TTC_FUNCTION, AUTH_PHASE_ONE)
+
+
+async def test_oracledb_asyncio_gets_ora_01017_from_the_fake(listener: TnsListener) -> None:
+    """python-oracledb's asyncio driver, as the check calls it, reads the same ORA-01017."""
+    with pytest.raises(oracledb.Error) as caught:
+        await oracledb.connect_async(
+            user="scott", password="tiger", dsn=f"{HOST}:{listener.port}/{SERVICE}", retry_count=0
+        )
+    assert caught.value.args[0].full_code == "ORA-01017"
+    assert [message for message, _ in listener.ttc] == [TTC_PROTOCOL, TTC_DATA_TYPES, TTC_FUNCTION]
+    assert listener.ttc[-1] == (TTC_FUNCTION, AUTH_PHASE_ONE)
 
 
 def test_nmap_identifies_the_fake_listener(listener: TnsListener) -> None:
