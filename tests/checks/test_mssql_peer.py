@@ -2,7 +2,9 @@
 
 FreeTDS's `tsql` (Debian freetds-bin, its own TDS and SSRP code) and pymssql (a static FreeTDS of
 another version, driven through DB-API) log in, fail with 18456, list the Browser's instances
-and resolve a named instance through it. A fake only our own check talked to would prove nothing.
+and resolve a named instance through it; nmap's `ms-sql-info` (nselib/mssql.lua, Lua code of its
+own) finds the instance through the Browser and reads the version from the fake's PRELOGIN answer.
+A fake only our own check talked to would prove nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tests.fakes.tds import SERVER_NAME, VERSION_TEXT, browser, tds_server
 USER = "monitor"
 PASSWORD = "Corr3ct-Horse"
 TSQL = "/usr/bin/tsql"
+NMAP = "/usr/bin/nmap"
 CLIENT_TIMEOUT_S = 30.0  # a bound for a hung client, never reached when the fake answers
 
 
@@ -27,13 +30,12 @@ def _loopback_address() -> str:
     return f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(1, 250)}"
 
 
-async def _tsql(
-    *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+async def _run(
+    *argv: str, stdin: bytes = b"", env: dict[str, str] | None = None
 ) -> tuple[int, str]:
-    """Run tsql to completion; stdout and stderr together (tsql writes lists to stderr)."""
+    """Run a client to completion; stdout and stderr together (tsql writes lists to stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        TSQL,
-        *args,
+        *argv,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -43,6 +45,12 @@ async def _tsql(
         out, _ = await proc.communicate(stdin)
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace")
+
+
+async def _tsql(
+    *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    return await _run(TSQL, *args, stdin=stdin, env=env)
 
 
 def _pymssql_version(port: int, password: str) -> str:
@@ -143,3 +151,40 @@ async def test_tsql_resolves_a_named_instance_and_logs_in(tmp_path: Path) -> Non
     assert VERSION_TEXT in out
     assert peer.received[:1] == [b"\x04SQLEXPRESS\x00"]
     assert fake.logins == [(USER, True)]
+
+
+async def test_nmap_ms_sql_info_finds_the_instance_and_reads_its_version() -> None:
+    """nmap asks the Browser on UDP 1434, then sends PRELOGIN to the TCP port it was told.
+
+    nmap 7.93's ms-sql-info prints no result table for any server (nmap issue #2622: its
+    portrule path indexes a nil instance list at nselib/mssql.lua:3334, and its host-rule path
+    tests `#output > 0` on a table keyed by instance name), so the proof is its debug trace:
+    "Retrieved SSNetLib version" is logged only once mssql.lua has parsed the PRELOGIN VERSION
+    option, and the branded version it looks up from that number is 2022. The TCP port is left
+    out of the port list, so the host rule, not the broken port rule, reaches the instance.
+    """
+    address = _loopback_address()
+    async with (
+        tds_server(USER, PASSWORD, host=address) as fake,
+        browser({"SQLEXPRESS": fake.port}, host=address, port=1434) as peer,
+    ):
+        code, out = await _run(
+            NMAP,
+            "-Pn",
+            "-n",
+            "-sU",
+            "-p",
+            "U:1434",
+            "--script",
+            "ms-sql-info",
+            "--script-args",
+            "mssql.instance-all",
+            "-d2",
+            address,
+        )
+    assert code == 0, out
+    assert b"\x03" in peer.received
+    assert f"Version;16.0.4135.4;tcp;{fake.port};" in out
+    messages = [line.split("] ", 1)[1] for line in out.splitlines() if "[ms-sql-info " in line]
+    retrieved = messages.index(f"Retrieved SSNetLib version for {address}\\SQLEXPRESS.")
+    assert messages[retrieved - 1] == "brandedVersion: 2022, #lookup: 9"
