@@ -15,7 +15,8 @@ and CLNT_UCAST_EX (0x03) alike with every instance (MC-SQLR 2.2.1, 2.2.2, 3.2.5)
 CLNT_UCAST_INST (0x04 name 00) with that instance, staying silent for an unknown one as SQL
 Server's Browser does (MC-SQLR 3.2.5).
 
-FreeTDS's `tsql`, pymssql and nmap's ms-sql-info prove both in tests/checks/test_mssql_peer.py.
+FreeTDS's `tsql`, pymssql and nmap's ms-sql-info prove both in tests/checks/test_mssql_peer.py;
+impacket's SSRP client proves the Browser in tests/checks/test_mssql_impacket.py.
 """
 
 from __future__ import annotations
