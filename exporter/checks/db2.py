@@ -266,22 +266,26 @@ def parse_ddm(body: bytes) -> DdmObject:
 
 def parse_excsatrd(reply: DdmObject) -> ServerAttributes:
     """The server attributes of an EXCSATRD; a refusal or another object fails the check."""
-    if reply.codepoint in REPLY_MESSAGES:
-        raise CheckFailure(
-            Result.SERVICE_ERROR,
-            f"DRDA server refused EXCSAT: {REPLY_MESSAGES[reply.codepoint]}",
-        )
-    if reply.codepoint != EXCSATRD:
-        raise CheckFailure(
-            Result.PROTOCOL_MISMATCH,
-            f"not a DRDA server: reply code point 0x{reply.codepoint:04X} instead of EXCSATRD",
-        )
+    _expect_reply(reply, EXCSATRD, "EXCSATRD", "refused EXCSAT")
     return ServerAttributes(
         server_class=decode_text(reply.get(SRVCLSNM)),
         release_level=decode_text(reply.get(SRVRLSLV)),
         server_name=decode_text(reply.get(SRVNAM)),
         external_name=decode_text(reply.get(EXTNAM)),
     )
+
+
+def _expect_reply(reply: DdmObject, expected: int, name: str, refusal: str) -> None:
+    """A reply message (SYNTAXRM, ...) is the server refusing; any other object is not DRDA."""
+    if reply.codepoint in REPLY_MESSAGES:
+        raise CheckFailure(
+            Result.SERVICE_ERROR, f"DRDA server {refusal}: {REPLY_MESSAGES[reply.codepoint]}"
+        )
+    if reply.codepoint != expected:
+        raise CheckFailure(
+            Result.PROTOCOL_MISMATCH,
+            f"not a DRDA server: reply code point 0x{reply.codepoint:04X} instead of {name}",
+        )
 
 
 def decode_text(data: bytes | None) -> str:
@@ -336,16 +340,7 @@ def database_verdict(reply: DdmObject, database: str, attributes: ServerAttribut
             Result.SERVICE_ERROR,
             f"database {database} not found on the DRDA server (RDBNFNRM, SQL30061N)",
         )
-    if reply.codepoint in REPLY_MESSAGES:
-        raise CheckFailure(
-            Result.SERVICE_ERROR,
-            f"DRDA server refused access to database {database}: {REPLY_MESSAGES[reply.codepoint]}",
-        )
-    if reply.codepoint != ACCSECRD:
-        raise CheckFailure(
-            Result.PROTOCOL_MISMATCH,
-            f"not a DRDA server: reply code point 0x{reply.codepoint:04X} instead of ACCSECRD",
-        )
+    _expect_reply(reply, ACCSECRD, "ACCSECRD", f"refused access to database {database}")
     if attributes.server_class == "Apache Derby":
         return (
             f"database {database} not verified "
