@@ -58,21 +58,26 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     path.chmod(0o600)
 
 
-def _make_ca(
-    directory: Path, now: dt.datetime
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, Path]:
-    """Self-signed P-256 CA valid long enough to cover every leaf, including the expired one."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cfe test CA")])
-    cert = (
+def _ca_certificate(
+    common_name: str,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    path_length: int,
+) -> x509.Certificate:
+    """A CA certificate for `key`: self-signed when `issuer` is None, else signed by it."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
-        .issuer_name(name)
+        .issuer_name(issuer[0].subject if issuer is not None else name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=60))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -88,7 +93,31 @@ def _make_ca(
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+    )
+    if issuer is None:
+        return builder.sign(key, hashes.SHA256())
+    issuer_ski = issuer[0].extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False
+    )
+    return builder.sign(issuer[1], hashes.SHA256())
+
+
+def _make_ca(
+    directory: Path, now: dt.datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, Path]:
+    """Self-signed P-256 CA valid long enough to cover every leaf, including the expired one.
+
+    Path length 1: it may sign one intermediate, which signs the `chained` leaf.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _ca_certificate(
+        "cfe test CA",
+        key,
+        issuer=None,
+        not_before=now - dt.timedelta(days=60),
+        not_after=now + dt.timedelta(days=365),
+        path_length=1,
     )
     path = directory / "ca.crt"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -103,36 +132,13 @@ def _make_intermediate(
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A P-256 intermediate CA signed by the root, expiring at `not_after`."""
     key = ec.generate_private_key(ec.SECP256R1())
-    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cfe test intermediate")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    cert = _ca_certificate(
+        "cfe test intermediate",
+        key,
+        issuer=(ca_cert, ca_key),
+        not_before=now - dt.timedelta(days=1),
+        not_after=not_after,
+        path_length=0,
     )
     return cert, key
 
