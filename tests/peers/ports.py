@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 
 _POLL_INTERVAL_S = 0.05
 
@@ -26,6 +27,35 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
     return port
 
 
+def _poll(
+    attempt: Callable[[float], bool],
+    ready: str,
+    not_ready: str,
+    timeout_s: float,
+    proc: subprocess.Popen[bytes] | None,
+) -> None:
+    """Call `attempt(remaining seconds)` until it returns True, within `timeout_s`.
+
+    An OSError from an attempt is remembered for the final message; if `proc` exits meanwhile,
+    fail at once instead of waiting out the deadline.
+    """
+    deadline = time.monotonic() + timeout_s
+    last_error: OSError | None = None
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"process {proc.pid} exited with code {proc.returncode} before {ready}"
+            )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RuntimeError(f"{not_ready} within {timeout_s:.1f} s (last error: {last_error!r})")
+        try:
+            if attempt(remaining):
+                return
+        except OSError as exc:
+            last_error = exc
+
+
 def wait_for_udp_echo(
     host: str,
     port: int,
@@ -33,33 +63,23 @@ def wait_for_udp_echo(
     *,
     proc: subprocess.Popen[bytes] | None = None,
 ) -> None:
-    """Block until host:port echoes a datagram, so tests never race a starting UDP peer.
-
-    If `proc` is given and exits meanwhile, fail at once instead of waiting out the deadline.
-    """
-    deadline = time.monotonic() + timeout_s
-    last_error: OSError | None = None
+    """Block until host:port echoes a datagram, so tests never race a starting UDP peer."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.connect((host, port))
-        while True:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(
-                    f"process {proc.pid} exited with code {proc.returncode} "
-                    f"before {host}:{port} echoed a datagram"
-                )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(
-                    f"{host}:{port} did not echo a UDP datagram within {timeout_s:.1f} s "
-                    f"(last error: {last_error!r})"
-                )
+
+        def echoed(remaining: float) -> bool:
+            # TimeoutError while the peer starts; ECONNREFUSED before it binds
             sock.settimeout(min(_POLL_INTERVAL_S, remaining))
-            try:
-                sock.send(b"ready?")
-                if sock.recv(64) == b"ready?":
-                    return
-            except OSError as exc:  # TimeoutError while starting; ECONNREFUSED before the bind
-                last_error = exc
+            sock.send(b"ready?")
+            return sock.recv(64) == b"ready?"
+
+        _poll(
+            echoed,
+            f"{host}:{port} echoed a datagram",
+            f"{host}:{port} did not echo a UDP datagram",
+            timeout_s,
+            proc,
+        )
 
 
 def wait_for_tcp(
@@ -69,27 +89,20 @@ def wait_for_tcp(
     *,
     proc: subprocess.Popen[bytes] | None = None,
 ) -> None:
-    """Block until host:port accepts a TCP connection, so tests never race a starting daemon.
+    """Block until host:port accepts a TCP connection, so tests never race a starting daemon."""
 
-    If `proc` is given and exits meanwhile, fail at once instead of waiting out the deadline.
-    """
-    deadline = time.monotonic() + timeout_s
-    last_error: OSError | None = None
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(
-                f"process {proc.pid} exited with code {proc.returncode} "
-                f"before {host}:{port} accepted connections"
-            )
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise RuntimeError(
-                f"{host}:{port} did not accept a TCP connection within {timeout_s:.1f} s "
-                f"(last error: {last_error!r})"
-            )
+    def accepted(remaining: float) -> bool:
         try:
             with socket.create_connection((host, port), timeout=min(1.0, remaining)):
-                return
-        except OSError as exc:
-            last_error = exc
-        time.sleep(min(_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+                return True
+        except OSError:
+            time.sleep(_POLL_INTERVAL_S)
+            raise
+
+    _poll(
+        accepted,
+        f"{host}:{port} accepted connections",
+        f"{host}:{port} did not accept a TCP connection",
+        timeout_s,
+        proc,
+    )
