@@ -20,10 +20,12 @@ from rich.table import Table
 from exporter import __version__
 from exporter.blocking import BlockingPool
 from exporter.catalogue import FLOWS
-from exporter.config import Config, Job, effective_check, load_config, parse_endpoint
+from exporter.config import Config, Job, Sweep, effective_check, load_config, parse_endpoint
 from exporter.errors import ConfigError, ConfigProblem
-from exporter.report import FlowReport, print_table, to_json, to_junit
+from exporter.networks import Shard
+from exporter.report import FlowReport, NetworkReport, print_table, to_json, to_junit
 from exporter.runner import run_check
+from exporter.sweep import WORST_HOSTS_KEPT, run_sweep
 from exporter.web import DEFAULT_PORT, serve
 from exporter.webconfig import load_web_config
 
@@ -81,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="log every HTTP request at INFO (logger exporter.access; default off)",
     )
+    _add_shard(serve_cmd)
     serve_cmd.set_defaults(handler=_serve)
 
     check_cmd = commands.add_parser("check", help="one-shot readiness run of every configured flow")
@@ -90,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     check_cmd.add_argument("--format", choices=["table", "json", "junit"], default="table")
     check_cmd.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    check_cmd.add_argument(
+        "--details",
+        action="store_true",
+        help=f"list the worst hosts of each swept network (up to {WORST_HOSTS_KEPT})",
+    )
+    _add_shard(check_cmd)
     check_cmd.set_defaults(handler=_check)
 
     validate_cmd = commands.add_parser(
@@ -112,8 +121,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_shard(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="sweep only the hosts of shard I of N (N replicas split every network with no "
+        "overlap and no gap); wins over scheduler.shard",
+    )
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _serve(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, shard=args.shard)
     for warning in config.warnings:
         logging.getLogger("exporter.config").warning("%s", warning)
     endpoint = parse_endpoint(args.listen)
@@ -128,36 +154,44 @@ def _serve(args: argparse.Namespace) -> int:
         endpoint.port,
         web_config,
         access_log=args.log_access,
+        shard=args.shard,
     )
     return EXIT_OK
 
 
 def _check(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, shard=args.shard)
     jobs = list(config.jobs)
+    sweeps = list(config.sweeps)
     if args.flow:
-        known = {job.flow_id for job in jobs}
+        known = {job.flow_id for job in jobs} | {sweep.flow_id for sweep in sweeps}
         unknown = sorted(set(args.flow) - known)
         if unknown:
             print(f"no configured pairs for flow(s): {', '.join(unknown)}", file=sys.stderr)
             return EXIT_USAGE
         jobs = [job for job in jobs if job.flow_id in args.flow]
-    if not jobs:
+        sweeps = [sweep for sweep in sweeps if sweep.flow_id in args.flow]
+    if not jobs and not sweeps:
         print("the config yields no (flow, target) pairs to check", file=sys.stderr)
         return EXIT_USAGE
     show_progress = (not args.no_progress and sys.stderr.isatty()) or args.format == "table"
-    reports = asyncio.run(_run_once(config, jobs, show_progress=show_progress))
+    reports, networks = asyncio.run(_run_once(config, jobs, sweeps, show_progress=show_progress))
     if args.format == "json":
-        sys.stdout.write(to_json(reports) + "\n")
+        sys.stdout.write(to_json(reports, networks, details=args.details) + "\n")
     elif args.format == "junit":
-        sys.stdout.write(to_junit(reports))
+        sys.stdout.write(to_junit(reports, networks))
     else:
-        print_table(reports, Console(width=None if sys.stdout.isatty() else 160))
-    return EXIT_OK if all(report.result.ok for report in reports) else EXIT_FAILED
+        console = Console(width=None if sys.stdout.isatty() else 160)
+        print_table(reports, console, networks, details=args.details)
+    passed = all(report.result.ok for report in reports) and all(n.ok for n in networks)
+    return EXIT_OK if passed else EXIT_FAILED
 
 
-async def _run_once(config: Config, jobs: list[Job], *, show_progress: bool) -> list[FlowReport]:
-    """Run every job once, bounded like the scheduler (global and per-host), with progress."""
+async def _run_once(
+    config: Config, jobs: list[Job], sweeps: list[Sweep], *, show_progress: bool
+) -> tuple[list[FlowReport], list[NetworkReport]]:
+    """Run every job and sweep once, bounded like the scheduler (global and per-host slots,
+    shared by the sweeps' hosts), with progress."""
     slots = asyncio.Semaphore(config.file.scheduler.concurrency)
     per_host = config.file.scheduler.per_host_concurrency
     host_limits = {job.target.host: asyncio.Semaphore(per_host) for job in jobs}
@@ -174,8 +208,16 @@ async def _run_once(config: Config, jobs: list[Job], *, show_progress: bool) -> 
     )
     reports: dict[int, FlowReport] = {}
     with progress, BlockingPool(config.file.scheduler.blocking_workers) as blocking:
-        task = progress.add_task("flows", total=len(jobs), failed=0)
+        task = progress.add_task("flows", total=len(jobs) + len(sweeps), failed=0)
         failed = 0
+        networks: dict[int, NetworkReport] = {}
+
+        async def sweep_once(index: int, sweep: Sweep) -> None:
+            nonlocal failed
+            tally = await run_sweep(sweep, slots, blocking=blocking)
+            networks[index] = NetworkReport(sweep, source, tally)
+            failed += not networks[index].ok
+            progress.update(task, advance=1, failed=failed)
 
         async def run(index: int, job: Job) -> None:
             nonlocal failed
@@ -190,7 +232,12 @@ async def _run_once(config: Config, jobs: list[Job], *, show_progress: bool) -> 
         async with asyncio.TaskGroup() as group:
             for index, job in enumerate(jobs):
                 group.create_task(run(index, job))
-    return [reports[index] for index in range(len(jobs))]
+            for index, sweep in enumerate(sweeps):
+                group.create_task(sweep_once(index, sweep))
+    return (
+        [reports[index] for index in range(len(jobs))],
+        [networks[index] for index in range(len(sweeps))],
+    )
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -209,8 +256,11 @@ def _validate(args: argparse.Namespace) -> int:
         raise ConfigError(problems)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    hosts = sum(sweep.network.host_count for sweep in config.sweeps)
+    swept = f", {len(config.sweeps)} swept networks ({hosts} hosts)" if config.sweeps else ""
     print(
-        f"{args.file}: valid, source {config.source.value}, {len(config.jobs)} (flow, target) pairs"
+        f"{args.file}: valid, source {config.source.value}, {len(config.jobs)} (flow, target) "
+        f"pairs{swept}"
     )
     if args.web_config_file:
         tls = "on" if web_config.ssl_context is not None else "off"

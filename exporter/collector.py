@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from exporter.catalogue import FLOWS, Flow
@@ -248,14 +248,90 @@ def render_catalogue(flows: Iterable[Flow] = FLOWS) -> bytes:
     return "".join(lines).encode()
 
 
-def iter_families(chunks_by_pair: Iterable[Sequence[bytes]]) -> Iterator[bytes]:
+NETWORK_HOSTS = Family(
+    "certero_flow_network_hosts",
+    "gauge",
+    "Hosts of the network per result class in the last completed sweep.",
+)
+NETWORK_PROBED = Family(
+    "certero_flow_network_hosts_probed",
+    "gauge",
+    "Hosts the last completed sweep of the network probed (this shard's, when sharded).",
+)
+NETWORK_ABSENT = Family(
+    "certero_flow_network_hosts_absent",
+    "gauge",
+    "Hosts that answered nothing at all, neither the check nor an ICMP echo: no host there "
+    "(or one that drops everything).",
+)
+NETWORK_FILTERED = Family(
+    "certero_flow_network_hosts_filtered",
+    "gauge",
+    "Hosts that are up (they answered something) but whose check got no answer: the port is "
+    "filtered.",
+)
+NETWORK_DURATION = Family(
+    "certero_flow_network_sweep_duration_seconds",
+    "gauge",
+    "Wall time of the last completed sweep of the network.",
+)
+NETWORK_COMPLETED = Family(
+    "certero_flow_network_sweep_last_completion_timestamp_seconds",
+    "gauge",
+    "Unix time when the last sweep of the network completed.",
+    cached=False,
+)
+NETWORK_FAMILIES: tuple[Family, ...] = (
+    NETWORK_HOSTS,
+    NETWORK_PROBED,
+    NETWORK_ABSENT,
+    NETWORK_FILTERED,
+    NETWORK_DURATION,
+    NETWORK_COMPLETED,
+)
+
+
+def render_network(
+    labels: tuple[tuple[str, str], ...],
+    counts: Mapping[Result, int],
+    *,
+    probed: int,
+    absent: int,
+    filtered: int,
+    duration_seconds: float,
+    finished_at: float,
+) -> tuple[bytes, ...]:
+    """The aggregate series of one swept network, one chunk per family in NETWORK_FAMILIES."""
+    base = label_text(labels)
+    inner = base[1:-1]
+    hosts = "".join(
+        f'{NETWORK_HOSTS.name}{{{inner},result="{cls.value}"}} {counts.get(cls, 0)}\n'
+        for cls in Result
+    )
+    return tuple(
+        text.encode()
+        for text in (
+            hosts,
+            f"{NETWORK_PROBED.name}{base} {probed}\n",
+            f"{NETWORK_ABSENT.name}{base} {absent}\n",
+            f"{NETWORK_FILTERED.name}{base} {filtered}\n",
+            f"{NETWORK_DURATION.name}{base} {number(duration_seconds)}\n",
+            f"{NETWORK_COMPLETED.name}{base} {number(finished_at)}\n",
+        )
+    )
+
+
+def iter_families(
+    chunks_by_pair: Iterable[Sequence[bytes]],
+    families: Sequence[Family] = PAIR_FAMILIES,
+) -> Iterator[bytes]:
     """Join the kept chunks of every pair, family by family, headers first, in slices.
 
     Yielding slices of `RENDER_SLICE_PAIRS` pairs lets the web handler send each part and let
     the event loop run in between, instead of blocking it for the whole body.
     """
     pairs = list(chunks_by_pair)
-    for index, family in enumerate(PAIR_FAMILIES):
+    for index, family in enumerate(families):
         yield family.header()
         for start in range(0, len(pairs), RENDER_SLICE_PAIRS):
             yield b"".join(chunks[index] for chunks in pairs[start : start + RENDER_SLICE_PAIRS])

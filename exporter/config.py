@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import idna
 import yaml
@@ -36,6 +36,7 @@ from exporter.checks import CHECKS, AnyCheckSpec, CheckSettings, Target
 from exporter.checks.net import dns_name_problem
 from exporter.errors import ConfigError, ConfigProblem
 from exporter.files import FileRefused, read_regular_file
+from exporter.networks import Network, Shard, parse_host_list
 from exporter.probe_policy import AllowPattern, parse_allow_pattern
 from exporter.secrets import unreadable_secrets
 
@@ -63,6 +64,8 @@ MAX_ALIAS_NODES = 100_000
 # Default of scheduler.max_pairs: resolved (flow, target) pairs, counted before jobs are built
 # and before duplicate pairs are dropped, so the count is an upper bound of the jobs.
 DEFAULT_MAX_PAIRS = 200_000
+# A host list of a /16 written one address a line is under 1 MiB; sixteen leave room for comments.
+MAX_HOST_LIST_BYTES = 16 * 1024 * 1024
 # A syntax error is re-worded by the pure-Python parser only in files up to this size: its
 # messages are the same on every platform, but it is about 20 times slower than libyaml.
 _PURE_PYTHON_ERROR_BYTES = 1024 * 1024
@@ -96,11 +99,25 @@ class StrictModel(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A configured destination: one host (and optional port) or a network to expand."""
+    """A configured destination: one host (and optional port), a CIDR network or a host list.
+
+    A network or host list is swept (per-network aggregates, `exporter.sweep`) on flows to
+    endpoint networks and expanded into one pair per host elsewhere.
+    """
 
     host: str = ""
     port: int | None = None
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    host_list: Network | None = None
+
+    @property
+    def hosts_of(self) -> Network | None:
+        """The network this endpoint stands for (a CIDR or a host list), None for one host."""
+        if self.host_list is not None:
+            return self.host_list
+        if self.network is not None:
+            return Network(str(self.network), (self.network,))
+        return None
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -164,12 +181,44 @@ def _port(text: str, whole: str) -> int:
 def _endpoint(value: object) -> Endpoint:
     if isinstance(value, Endpoint):
         return value
+    if isinstance(value, dict) and set(value) == {"file"} and isinstance(value["file"], str):
+        return read_host_list(value["file"])
     if not isinstance(value, str):
-        raise ValueError("a target must be a string such as host, host:port or 10.0.0.0/24")
+        raise ValueError(
+            "a target must be a string such as host, host:port or 10.0.0.0/24, "
+            "or {file: PATH} naming a host list"
+        )
     return parse_endpoint(value)
 
 
+def read_host_list(path: str) -> Endpoint:
+    """A `{file: PATH}` target: one address or CIDR a line (see `exporter.networks`)."""
+    try:
+        _, data = read_regular_file(path, MAX_HOST_LIST_BYTES, "host list")
+    except (OSError, FileRefused) as exc:
+        raise ValueError(f"host list {path}: {exc}") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"host list {path} is not UTF-8 text") from exc
+    blocks = parse_host_list(text, path)
+    if not blocks:
+        raise ValueError(f"host list {path} names no host")
+    return Endpoint(host_list=Network(f"file:{path}", blocks))
+
+
 EndpointField = Annotated[Endpoint, BeforeValidator(_endpoint)]
+
+
+def _shard(value: object) -> Shard:
+    if isinstance(value, Shard):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a shard is written I/N, such as 0/2")
+    return Shard.parse(value)
+
+
+ShardField = Annotated[Shard, BeforeValidator(_shard)]
 
 
 class Defaults(StrictModel):
@@ -186,7 +235,11 @@ class SchedulerSettings(StrictModel):
     per_host_concurrency: int = Field(default=8, ge=1, le=1000)
     startup_spread: Duration = 10.0
     jitter: float = Field(default=0.05, ge=0.0, le=0.5)
+    # A network written for a flow that does not sweep it becomes one pair per host.
     max_hosts_per_network: int = Field(default=4096, ge=1, le=1 << 20)
+    # A swept network costs a few dozen series however large; this bounds one sweep's work.
+    max_hosts_per_sweep: int = Field(default=1 << 20, ge=1, le=1 << 24)
+    shard: ShardField | None = None
     max_pairs: int = Field(default=DEFAULT_MAX_PAIRS, ge=1, le=10_000_000)
     # Threads for checks whose library blocks (ldap3, pymssql); as many calls again may wait.
     # Read at start-up: a reload that changes it applies at the next restart.
@@ -225,7 +278,11 @@ class ProbeSettings(StrictModel):
 
 
 class FlowOverride(BaseModel):
-    """Per-flow changes; keys other than these are the check's own settings."""
+    """Per-flow changes; keys other than these are the check's own settings.
+
+    `sweep` says whether the flow's networks are swept (default: on flows to endpoint
+    networks); `per_host`, `max_per_host_series` and `presence` shape a sweep's output.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -234,6 +291,10 @@ class FlowOverride(BaseModel):
     interval: Duration | None = None
     timeout: Duration | None = None
     targets: list[EndpointField] | None = None
+    sweep: bool | None = None
+    per_host: bool = False
+    max_per_host_series: int = Field(default=256, ge=1, le=65536)
+    presence: Literal["icmp", "none"] = "icmp"
 
 
 class ExtraFlow(FlowOverride):
@@ -336,6 +397,56 @@ class FlowTemplate:
 
 
 @dataclass(frozen=True, slots=True)
+class Sweep:
+    """One flow checked across one network on the flow's interval (see `exporter.sweep`).
+
+    It is scheduled like a `Job` (same `key`, `interval` and `spread_fraction` attributes);
+    its key's second part is the network's label, which no single target can spell (a CIDR
+    has a '/', a host list starts with 'file:').
+    """
+
+    template: FlowTemplate
+    network: Network
+    port: int | None
+    per_host: bool
+    max_per_host_series: int
+    presence: bool
+    shard: Shard | None
+    key: tuple[str, str] = field(init=False, repr=False, compare=False)
+    spread_fraction: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        label = self.network.label
+        digest = hashlib.blake2b(f"{self.template.flow_id}|{label}".encode(), digest_size=8)
+        object.__setattr__(self, "key", (self.template.flow_id, label))
+        object.__setattr__(self, "spread_fraction", int.from_bytes(digest.digest(), "big") / 2**64)
+
+    @property
+    def flow_id(self) -> str:
+        """The flow swept."""
+        return self.template.flow_id
+
+    @property
+    def check(self) -> str:
+        """The check run on every host."""
+        return self.template.check
+
+    @property
+    def interval(self) -> float:
+        """Seconds between the starts of two sweeps."""
+        return self.template.interval
+
+    @property
+    def timeout(self) -> float:
+        """Each host's check timeout."""
+        return self.template.timeout
+
+    def job(self, host: str) -> Job:
+        """The pair of one host of the network (for its per-host series and details)."""
+        return self.template.job(Target(host, self.port))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A validated config resolved into jobs; immutable, swapped whole on reload."""
 
@@ -345,12 +456,15 @@ class Config:
     warnings: tuple[str, ...] = ()
     skipped_flows: Mapping[str, str] = field(default_factory=dict)
     templates: Mapping[str, FlowTemplate] = field(default_factory=dict)
+    sweeps: tuple[Sweep, ...] = ()
     # The jobs by key, built with the config (on the loader's thread for a reload), so that
     # the scheduler and the store take it over on the event loop without building it there.
     by_key: Mapping[tuple[str, str], Job] = field(init=False, repr=False, compare=False)
+    sweeps_by_key: Mapping[tuple[str, str], Sweep] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_key", {job.key: job for job in self.jobs})
+        object.__setattr__(self, "sweeps_by_key", {sweep.key: sweep for sweep in self.sweeps})
 
     @property
     def source(self) -> VantagePoint:
@@ -387,18 +501,19 @@ def default_config_text() -> str:
     return resources.files("exporter").joinpath("default.yaml").read_text(encoding="utf-8")
 
 
-def load_config(path: str | Path | None) -> Config:
+def load_config(path: str | Path | None, *, shard: Shard | None = None) -> Config:
     """Load and resolve a config file, or the embedded default when `path` is None.
 
     Whatever the file holds, this returns or raises `ConfigError` within bounded time and
     memory: the read never blocks, and the YAML is bounded before anything is built from it.
+    `shard` (the command line's `--shard`) takes the place of `scheduler.shard`.
     """
     if path is None:
-        return parse_config(default_config_text(), EMBEDDED_DEFAULT)
+        return parse_config(default_config_text(), EMBEDDED_DEFAULT, shard=shard)
     origin = str(path)
     text = read_config_text(origin)
     try:
-        return parse_config(text, origin)
+        return parse_config(text, origin, shard=shard)
     except (RecursionError, MemoryError) as exc:
         # Last resort: the caps above should make these unreachable. `from None`: a traceback
         # of either would be thousands of lines and says nothing an operator can act on.
@@ -463,13 +578,16 @@ def validate_document(
     raise ConfigError(problems)
 
 
-def parse_config(text: str, origin: str) -> Config:
+def parse_config(text: str, origin: str, *, shard: Shard | None = None) -> Config:
     """Validate YAML text into a `Config`; raise `ConfigError` listing every problem."""
     raw, lines = parse_yaml(text, origin)
     if raw is None:
         message = "the file is empty (or holds only comments); a config needs at least one setting"
         raise ConfigError([ConfigProblem(origin, 1, "", message)])
     config_file, problems = validate_document(ConfigFile, raw, lines)
+    if shard is not None:
+        scheduler = config_file.scheduler.model_copy(update={"shard": shard})
+        config_file = config_file.model_copy(update={"scheduler": scheduler})
     resolver = _Resolver(config_file, lines)
     jobs = resolver.resolve()
     problems.extend(resolver.problems)
@@ -482,6 +600,7 @@ def parse_config(text: str, origin: str) -> Config:
         tuple(resolver.warnings),
         resolver.skipped,
         resolver.templates,
+        tuple(resolver.sweeps),
     )
 
 
@@ -679,12 +798,15 @@ class _Resolver:
         self.warnings: list[str] = []
         self.skipped: dict[str, str] = {}
         self.templates: dict[str, FlowTemplate] = {}
+        self.sweeps: list[Sweep] = []
         self.pairs = 0  # counted before each flow's jobs are built
+        # Networks already reported as too large, by where they are written: a role's network
+        # is used by every flow to that role and reported once.
+        self.reported_networks: set[tuple[str | int, ...]] = set()
         self.over_limit_at: tuple[str | int, ...] | None = None
 
     def resolve(self) -> list[Job]:
         jobs: list[Job] = []
-        self._check_network_sizes()
         defaults = self.config.defaults
         if defaults.timeout > defaults.interval:
             self.problems.append(
@@ -732,33 +854,6 @@ class _Resolver:
                     )
                 )
 
-    def _check_network_sizes(self) -> None:
-        """Report each oversized network once, where it is written."""
-        limit = self.config.scheduler.max_hosts_per_network
-        written: list[tuple[tuple[str | int, ...], list[Endpoint]]] = [
-            (("targets", role.value), endpoints) for role, endpoints in self.config.targets.items()
-        ]
-        written += [
-            (("flows", flow_id, "targets"), override.targets)
-            for flow_id, override in self.config.flows.items()
-            if override.targets
-        ]
-        written += [
-            (("extra_flows", index, "targets"), extra.targets)
-            for index, extra in enumerate(self.config.extra_flows)
-            if extra.targets
-        ]
-        for path, endpoints in written:
-            for index, endpoint in enumerate(endpoints):
-                if endpoint.network is not None and endpoint.network.num_addresses > limit:
-                    self.problems.append(
-                        self.lines.problem(
-                            (*path, index),
-                            f"network {endpoint.network} has {endpoint.network.num_addresses} "
-                            f"addresses, more than scheduler.max_hosts_per_network ({limit})",
-                        )
-                    )
-
     def _catalogue_jobs(self, flow: Flow) -> list[Job]:
         override = self.config.flows.get(flow.id, FlowOverride())
         path: tuple[str | int, ...] = ("flows", flow.id)
@@ -780,8 +875,10 @@ class _Resolver:
         if settings is None:
             return []
         endpoints = override.targets
+        endpoints_path: tuple[str | int, ...] = (*path, "targets")
         if endpoints is None:
             endpoints = self.config.targets.get(flow.destination, [])
+            endpoints_path = ("targets", flow.destination.value)
         if not endpoints:
             self.skipped[flow.id] = f"no targets for role {flow.destination.value}"
         if check != flow.check and endpoints:  # a flow without targets is only probed on demand
@@ -795,6 +892,7 @@ class _Resolver:
             override=override,
             settings=settings,
             endpoints=endpoints,
+            endpoints_path=endpoints_path,
             path=path,
             flow=flow,
             default_port=flow.port,
@@ -826,6 +924,7 @@ class _Resolver:
             override=extra,
             settings=settings,
             endpoints=extra.targets,
+            endpoints_path=(*path, "targets"),
             path=path,
             flow=None,
             default_port=None,
@@ -907,6 +1006,7 @@ class _Resolver:
         override: FlowOverride,
         settings: CheckSettings,
         endpoints: list[Endpoint],
+        endpoints_path: tuple[str | int, ...],
         path: tuple[str | int, ...],
         flow: Flow | None,
         default_port: int | None,
@@ -923,12 +1023,24 @@ class _Resolver:
             flow_id, check, spec, settings, port, interval, timeout, flow, tuple(endpoints)
         )
         self.templates[flow_id] = template
-        self.pairs += sum(_pair_count(endpoint, self.config.scheduler) for endpoint in endpoints)
-        if self.pairs > self.config.scheduler.max_pairs:
+        sweeps = self._sweeps(template, override, endpoints, endpoints_path, path)
+        singles = [
+            endpoint
+            for endpoint in endpoints
+            if endpoint.hosts_of is None or not self._sweeps_networks(override, flow)
+        ]
+        scheduler = self.config.scheduler
+        self.pairs += sum(_pair_count(endpoint, scheduler) for endpoint in singles)
+        self.pairs += sum(
+            1 + (min(sweep.network.host_count, sweep.max_per_host_series) if sweep.per_host else 0)
+            for sweep in sweeps
+        )
+        if self.pairs > scheduler.max_pairs:
             # Counted, never built: a small file of large networks must not cost minutes.
             self.over_limit_at = self.over_limit_at or path
             return []
-        jobs = [template.job(target) for target in self._targets(template, path)]
+        self.sweeps.extend(sweeps)
+        jobs = [template.job(target) for target in self._targets(template, singles, path)]
         # Overlapping targets (`host` beside `host:22` on port 22, a host inside two networks)
         # give the same pair twice: it is checked once. Jobs of one key are equal, so keeping
         # the last of each in the place of the first is keeping the first.
@@ -949,21 +1061,99 @@ class _Resolver:
         )
         return list(unique.values())
 
-    def _targets(self, template: FlowTemplate, path: tuple[str | int, ...]) -> Iterator[Target]:
+    @staticmethod
+    def _sweeps_networks(override: FlowOverride, flow: Flow | None) -> bool:
+        """Whether a flow sweeps its networks: as `sweep` says, else when it goes to the
+        endpoint networks (where a /16 is normal and per-host series are not affordable)."""
+        if override.sweep is not None:
+            return override.sweep
+        return flow is not None and flow.destination is Role.ENDPOINT_NETWORKS
+
+    def _sweeps(
+        self,
+        template: FlowTemplate,
+        override: FlowOverride,
+        endpoints: list[Endpoint],
+        endpoints_path: tuple[str | int, ...],
+        path: tuple[str | int, ...],
+    ) -> list[Sweep]:
+        """The flow's sweeps, one per distinct network; the size limits checked where written."""
+        sweeping = self._sweeps_networks(override, template.catalogue_flow)
+        scheduler = self.config.scheduler
+        limit_name, limit = (
+            ("max_hosts_per_sweep", scheduler.max_hosts_per_sweep)
+            if sweeping
+            else ("max_hosts_per_network", scheduler.max_hosts_per_network)
+        )
+        networks: dict[str, Network] = {}
+        for index, endpoint in enumerate(endpoints):
+            network = endpoint.hosts_of
+            if network is None:
+                continue
+            if network.host_count > limit:
+                where = (*endpoints_path, index)
+                if where not in self.reported_networks:
+                    self.reported_networks.add(where)
+                    self.problems.append(
+                        self.lines.problem(
+                            where,
+                            f"network {network.label} has {network.host_count} hosts, more "
+                            f"than scheduler.{limit_name} ({limit})",
+                        )
+                    )
+                continue
+            networks.setdefault(network.label, network)
+        shaping = {"per_host", "max_per_host_series", "presence"} & override.model_fields_set
+        if not sweeping or not networks:
+            if shaping or override.sweep:
+                reason = "sweeps no network" if sweeping else "does not sweep its networks"
+                given = ", ".join(sorted(shaping | ({"sweep"} if override.sweep else set())))
+                self.warnings.append(
+                    f"flow {template.flow_id}: {given} has no effect: the flow {reason}"
+                )
+            return []
+        port = template.port_for(None)
+        if template.spec.uses_port and port is None:
+            self.problems.append(
+                self.lines.problem(
+                    (*path, "port"), f"check {template.check} needs a port to sweep a network"
+                )
+            )
+            return []
+        return [
+            Sweep(
+                template,
+                network,
+                port,
+                per_host=override.per_host,
+                max_per_host_series=override.max_per_host_series,
+                presence=override.presence == "icmp",
+                shard=scheduler.shard,
+            )
+            for network in networks.values()
+        ]
+
+    def _targets(
+        self,
+        template: FlowTemplate,
+        endpoints: list[Endpoint],
+        path: tuple[str | int, ...],
+    ) -> Iterator[Target]:
         limit = self.config.scheduler.max_hosts_per_network
-        for endpoint in template.endpoints:
+        for endpoint in endpoints:
             try:
                 target = template.target(endpoint.host, endpoint.port)
             except ValueError as exc:
                 self.problems.append(self.lines.problem((*path, "port"), str(exc)))
                 return
-            if endpoint.network is None:
+            network = endpoint.hosts_of
+            if network is None:
                 yield target
                 continue
-            if endpoint.network.num_addresses > limit:
-                continue  # reported once by _check_network_sizes
-            for address in endpoint.network.hosts():
-                yield Target(str(address), target.port)
+            if network.host_count > limit:
+                continue  # reported once by _sweeps
+            for address in network.hosts():
+                yield Target(address, target.port)
 
 
 def _unknown_key(key: str, allowed: Collection[str], note: str) -> str:
@@ -980,11 +1170,8 @@ def _pair_count(endpoint: Endpoint, scheduler: SchedulerSettings) -> int:
     Counted as written, before duplicate pairs are dropped (a host written twice, or inside
     two networks, counts twice), so the sum is an upper bound of the jobs built.
     """
-    network = endpoint.network
+    network = endpoint.hosts_of
     if network is None:
         return 1
-    if network.num_addresses > scheduler.max_hosts_per_network:
-        return 0  # reported once by _check_network_sizes
-    if network.num_addresses <= 2:  # /31, /32, /127, /128: every address is a host
-        return network.num_addresses
-    return network.num_addresses - (2 if network.version == 4 else 1)
+    count = network.host_count
+    return 0 if count > scheduler.max_hosts_per_network else count  # too large: reported once

@@ -152,13 +152,14 @@ def is_configured_target(template: FlowTemplate, target: Target) -> bool:
     for endpoint in template.endpoints:
         if template.port_for(endpoint.port) != target.port:
             continue
-        if endpoint.network is None:
+        network = endpoint.hosts_of
+        if network is None:
             written = _address(endpoint.host)
             if written is not None and written == address:
                 return True
             if written is None and endpoint.host.lower() == target.host.lower():
                 return True
-        elif address is not None and _is_host_of(address, endpoint.network):
+        elif address is not None and any(_is_host_of(address, block) for block in network.blocks):
             return True
     return False
 

@@ -5,6 +5,9 @@ pairs cost 10,000 heap entries, not 10,000 sleeping tasks. First runs are spread
 start-up window by a stable hash of the pair (so restarts keep their phase), and every later run
 is jittered. A global semaphore bounds concurrent checks and a per-host one protects each
 destination. Results go to the store; `/metrics` never waits on a check.
+
+A sweep (one flow across one network, `exporter.sweep`) is scheduled like a pair; each of its
+hosts' checks takes a slot of the same global semaphore, so sweeps and pairs share one bound.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
+from typing import Any
 
 from exporter.blocking import BlockingPool
-from exporter.config import Config, Job
+from exporter.config import Config, Job, Sweep
 from exporter.result import Result
-from exporter.runner import run_check
+from exporter.runner import RunOutcome, run_check
 from exporter.selfmetrics import ExporterMetrics
 from exporter.store import ResultStore
+from exporter.sweep import run_sweep
 
 logger = logging.getLogger(__name__)
 JobKey = tuple[str, str]
@@ -52,7 +57,7 @@ class Scheduler:
         self._sequence = 0
         self._wakeup = asyncio.Event()
         self._random = random.Random()  # noqa: S311 - jitter, not security
-        self._jobs: Mapping[JobKey, Job] = {}
+        self._jobs: Mapping[JobKey, Job | Sweep] = {}
         self._config = config
         self._slots = asyncio.Semaphore(config.file.scheduler.concurrency)
         self.started = False
@@ -75,10 +80,11 @@ class Scheduler:
         if settings.per_host_concurrency != self._config.file.scheduler.per_host_concurrency:
             self._host_limits.clear()
         self._config = config
-        self._jobs = config.by_key
-        self._metrics.pairs.set(len(self._jobs))
+        self._jobs = {**config.by_key, **config.sweeps_by_key}
+        self._metrics.pairs.set(len(config.by_key))
         now = asyncio.get_running_loop().time()
-        for index, job in enumerate(config.jobs):
+        work: list[Job | Sweep] = [*config.sweeps, *config.jobs]
+        for index, job in enumerate(work):
             if index % step == step - 1:
                 self._wakeup.set()
                 yield
@@ -110,12 +116,12 @@ class Scheduler:
                 if key in self._running:
                     self._metrics.skipped_runs.inc()
                     continue
+                if isinstance(job, Sweep):
+                    self._start(self._run_sweep(job), key, f"sweep {key}")
+                    continue
                 slots = self._slots  # a reload may replace it; release the one acquired
                 await slots.acquire()
-                self._running.add(key)
-                task = asyncio.create_task(self._run_one(job, due, slots), name=f"check {key}")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._start(self._run_one(job, due, slots), key, f"check {key}")
         finally:
             await self.stop()
 
@@ -125,6 +131,12 @@ class Scheduler:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _start(self, work: Coroutine[Any, Any, None], key: JobKey, name: str) -> None:
+        self._running.add(key)
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _sleep(self, seconds: float | None) -> None:
         self._wakeup.clear()
@@ -139,7 +151,7 @@ class Scheduler:
         heapq.heappush(self._heap, (due, self._sequence, key))
         self._queued.add(key)
 
-    def _next_due(self, job: Job, due: float, now: float) -> float:
+    def _next_due(self, job: Job | Sweep, due: float, now: float) -> float:
         """Fixed-rate schedule with jitter; a pair that fell far behind starts afresh."""
         jitter = self._config.file.scheduler.jitter
         step = job.interval * (1.0 + self._random.uniform(-jitter, jitter))
@@ -166,7 +178,7 @@ class Scheduler:
                 self._metrics.check_defects.labels(job.check).inc()
             result = outcome.result
             current = self._jobs.get(job.key)
-            if current is None or current.check != job.check:
+            if not isinstance(current, Job) or current.check != job.check:
                 return  # removed or changed by a reload while it ran
             previous = self._store.record(current, result, time.time())
             self._metrics.count_check(job.check, result.result.value)
@@ -174,6 +186,33 @@ class Scheduler:
         finally:
             self._running.discard(job.key)
             slots.release()
+
+    async def _run_sweep(self, sweep: Sweep) -> None:
+        """One sweep of one network; its tally replaces the network's previous one."""
+
+        def count(outcome: RunOutcome) -> None:
+            if outcome.defect:
+                self._metrics.check_defects.labels(sweep.check).inc()
+            self._metrics.count_check(sweep.check, outcome.result.result.value)
+
+        try:
+            tally = await run_sweep(sweep, self._slots, blocking=self._blocking, on_host=count)
+            current = self._jobs.get(sweep.key)
+            if isinstance(current, Sweep) and current.check == sweep.check:
+                self._store.record_sweep(current, tally)
+                logger.info(
+                    "sweep finished flow=%s network=%s hosts=%d ok=%d absent=%d filtered=%d "
+                    "seconds=%.1f",
+                    sweep.flow_id,
+                    sweep.network.label,
+                    tally.probed,
+                    tally.ok,
+                    tally.absent,
+                    tally.filtered,
+                    tally.duration_seconds,
+                )
+        finally:
+            self._running.discard(sweep.key)
 
 
 def _log_transition(job: Job, previous: Result | None, current: Result, detail: str) -> None:

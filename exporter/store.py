@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from exporter.collector import History, iter_families, render_pair
-from exporter.config import Job
+from exporter.collector import NETWORK_FAMILIES, History, iter_families, render_network, render_pair
+from exporter.config import Job, Sweep
 from exporter.result import CheckResult, Result
+from exporter.sweep import SweepTally
 
 
 @dataclass(slots=True)
@@ -26,12 +27,87 @@ class Entry:
     chunks: tuple[bytes, ...]
 
 
+@dataclass(slots=True)
+class SweepEntry:
+    """The last completed sweep of one network, with its rendered lines.
+
+    `host_chunks` are the per-host pair lines of a `per_host` flow (no histogram: a sweep's
+    hosts are many, and the network's own series carry its duration).
+    """
+
+    sweep: Sweep
+    labels: tuple[tuple[str, str], ...]
+    tally: SweepTally
+    chunks: tuple[bytes, ...]
+    host_chunks: tuple[tuple[bytes, ...], ...]
+
+
 class ResultStore:
     """Latest results by job key; renders a pair's metric lines when its result changes."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self._entries: dict[tuple[str, str], Entry] = {}
+        self._sweeps: dict[tuple[str, str], SweepEntry] = {}
+
+    def record_sweep(self, sweep: Sweep, tally: SweepTally) -> None:
+        """Keep a completed sweep in place of the previous one of its network."""
+        labels = self.network_labels(sweep)
+        self._sweeps[sweep.key] = SweepEntry(
+            sweep, labels, tally, *self._render_sweep(sweep, labels, tally)
+        )
+
+    def _render_sweep(
+        self, sweep: Sweep, labels: tuple[tuple[str, str], ...], tally: SweepTally
+    ) -> tuple[tuple[bytes, ...], tuple[tuple[bytes, ...], ...]]:
+        chunks = render_network(
+            labels,
+            tally.counts,
+            probed=tally.probed,
+            absent=tally.absent,
+            filtered=tally.filtered,
+            duration_seconds=tally.duration_seconds,
+            finished_at=tally.finished_at,
+        )
+        hosts = tuple(
+            render_pair(self.labels(sweep.job(host)), result, tally.finished_at, None)
+            for host, result in sorted(tally.per_host.items())
+        )
+        return chunks, hosts
+
+    def network_labels(self, sweep: Sweep) -> tuple[tuple[str, str], ...]:
+        """The identifying labels of a swept network's series; `shard` only when sharded."""
+        labels = (
+            ("flow", sweep.flow_id),
+            ("source", self.source),
+            ("network", sweep.network.label),
+            ("check", sweep.check),
+        )
+        return labels if sweep.shard is None else (*labels, ("shard", str(sweep.shard)))
+
+    def retain_sweeps(self, wanted: Mapping[tuple[str, str], Sweep], source: str) -> None:
+        """After a reload: drop networks no longer swept, re-render the rest if labels moved."""
+        relabel = source != self.source
+        self.source = source
+        for key in list(self._sweeps):
+            sweep = wanted.get(key)
+            entry = self._sweeps[key]
+            if sweep is None or sweep.check != entry.sweep.check:
+                del self._sweeps[key]
+                continue
+            entry.sweep = sweep
+            labels = self.network_labels(sweep)
+            if relabel or labels != entry.labels:
+                entry.labels = labels
+                entry.chunks, entry.host_chunks = self._render_sweep(sweep, labels, entry.tally)
+
+    def sweep_entries(self) -> list[SweepEntry]:
+        """The last completed sweep of every network."""
+        return list(self._sweeps.values())
+
+    def get_sweep(self, key: tuple[str, str]) -> SweepEntry | None:
+        """One network's last completed sweep by sweep key."""
+        return self._sweeps.get(key)
 
     def record(self, job: Job, result: CheckResult, finished_at: float) -> Result | None:
         """Store a result; return the previous result class (None for the first one)."""
@@ -97,8 +173,14 @@ class ResultStore:
         return len(self._entries)
 
     def render_parts(self) -> Iterator[bytes]:
-        """The per-pair families for a scrape, one family per part: joins of kept bytes."""
-        return iter_families([entry.chunks for entry in self._entries.values()])
+        """The per-pair then per-network families for a scrape: joins of kept bytes."""
+        pairs = [entry.chunks for entry in self._entries.values()]
+        for sweep in self._sweeps.values():
+            pairs.extend(sweep.host_chunks)
+        yield from iter_families(pairs)
+        if self._sweeps:
+            networks = [sweep.chunks for sweep in self._sweeps.values()]
+            yield from iter_families(networks, NETWORK_FAMILIES)
 
     def render(self) -> bytes:
         """The whole per-pair text at once (for tests and one-shot use)."""

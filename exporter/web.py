@@ -37,12 +37,13 @@ from exporter.collector import (
 )
 from exporter.config import EMBEDDED_DEFAULT, Config, FlowTemplate, Job, load_config, parse_endpoint
 from exporter.errors import ConfigError, ConfigProblem
+from exporter.networks import Shard
 from exporter.probe_policy import refusal
 from exporter.result import Result
 from exporter.runner import RunOutcome, run_check
 from exporter.scheduler import Scheduler
 from exporter.selfmetrics import ExporterMetrics
-from exporter.store import ResultStore
+from exporter.store import ResultStore, SweepEntry
 from exporter.webauth import BasicAuth, WebSecurity, exposure_warnings, secure_app
 from exporter.webconfig import WebConfig
 
@@ -152,6 +153,7 @@ class ExporterState:
     web: WebSecurity | None = None  # set when serving with a web config, which reloads too
     reloads: set[asyncio.Task[ConfigError | None]] = field(default_factory=set)
     blocking: BlockingPool | None = None  # owned by _blocking_context
+    shard: Shard | None = None  # from --shard: wins over scheduler.shard, on reloads too
 
     async def reload(self) -> ConfigError | None:
         """Load the config file again; a bad file is rejected and the running config kept.
@@ -183,6 +185,7 @@ class ExporterState:
                 await asyncio.sleep(0)
         for _ in self.store.retain_in_steps(config.by_key, config.source.value, APPLY_STEP_PAIRS):
             await asyncio.sleep(0)
+        self.store.retain_sweeps(config.sweeps_by_key, config.source.value)
         self.metrics.reload_success.set(1)
         self.metrics.reload_timestamp.set(time.time())
         logger.info("config reloaded origin=%s pairs=%d", config.origin, len(config.jobs))
@@ -192,7 +195,7 @@ class ExporterState:
         """Both files of a reload, loaded on the loader's thread; every problem of both at once."""
         problems: list[ConfigProblem] = []
         try:
-            config = load_config(self.config_path)
+            config = load_config(self.config_path, shard=self.shard)
         except ConfigError as exc:
             problems += exc.problems
         web = None
@@ -499,7 +502,9 @@ async def landing_page(request: web.Request) -> web.Response:
                 "" if result.ok else html.escape(result.detail),
             )
         )
-    pending = len(config.jobs) - len(state.store)
+    sweeps = state.store.sweep_entries()
+    pending = len(config.jobs) - len(state.store) + len(config.sweeps) - len(sweeps)
+    network_rows = "".join(_network_row(entry, now) for entry in sweeps)
     skipped = "".join(
         f"<li>{html.escape(flow_id)}: {html.escape(reason)}</li>"
         for flow_id, reason in sorted(config.skipped_flows.items())
@@ -509,8 +514,10 @@ async def landing_page(request: web.Request) -> web.Response:
         source=html.escape(config.source.value),
         origin=html.escape(config.origin),
         pairs=len(config.jobs),
+        networks=len(config.sweeps),
         pending=pending,
         rows="".join(rows),
+        network_rows=network_rows or "<tr><td colspan='8'>no sweep completed yet</td></tr>",
         skipped=skipped or "<li>none</li>",
     )
     return web.Response(text=page, content_type="text/html")
@@ -525,16 +532,53 @@ td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }}
 tr.ok td {{ background: #e8f5e9; }} tr.bad td {{ background: #ffebee; }}
 </style></head><body>
 <h1>Certero flow exporter {version}</h1>
-<p>Vantage point <b>{source}</b>, config {origin}: {pairs} (flow, target) pairs,
-{pending} not checked yet. <a href="/metrics">Metrics</a> ·
+<p>Vantage point <b>{source}</b>, config {origin}: {pairs} (flow, target) pairs and
+{networks} swept networks, {pending} not checked yet. <a href="/metrics">Metrics</a> ·
 <a href="/probe?module=ssh_hmc&amp;target=127.0.0.1:22&amp;debug=true">Probe example</a></p>
 <table><tr><th>Flow</th><th>Source → destination</th><th>Target</th><th>Check</th>
 <th>Result</th><th>Latency</th><th>Checked</th><th>Last error</th></tr>
 {rows}
 </table>
+<h2>Swept networks</h2>
+<table><tr><th>Flow</th><th>Network</th><th>Check</th><th>Hosts</th><th>OK</th>
+<th>Failing</th><th>No host / filtered</th><th>Sweep</th></tr>
+{network_rows}
+</table>
 <h2>Flows not checked from here</h2><ul>{skipped}</ul>
 </body></html>
 """
+
+
+def _network_row(entry: SweepEntry, now: float) -> str:
+    """One swept network as one row; its worst hosts folded under the failing counts."""
+    tally = entry.tally
+    failing = ", ".join(
+        f"{count} {result.value}"
+        for result, count in tally.counts.items()
+        if count and result is not Result.OK
+    )
+    worst = "".join(
+        f"<li>{html.escape(host.host)}: {html.escape(host.result.result.value)} "
+        f"{html.escape(host.result.detail)}{'' if host.present else ' (no host)'}</li>"
+        for host in tally.worst
+    )
+    details = f"<details><summary>{html.escape(failing)}</summary><ul>{worst}</ul></details>"
+    return (
+        "<tr class='{}'><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+        "<td>{} / {}</td><td>{:.1f} s, {:.0f} s ago</td></tr>".format(
+            "ok" if tally.ok == tally.probed else "bad",
+            html.escape(entry.sweep.flow_id),
+            html.escape(entry.sweep.network.label),
+            html.escape(entry.sweep.check),
+            tally.probed,
+            tally.ok,
+            details if failing else "none",
+            tally.absent,
+            tally.filtered,
+            tally.duration_seconds,
+            now - tally.finished_at,
+        )
+    )
 
 
 class _BadRequestFilter(logging.Filter):
@@ -567,11 +611,15 @@ def serve(
     web_config: WebConfig | None = None,
     *,
     access_log: bool = False,
+    shard: Shard | None = None,
 ) -> None:
     """Run the exporter until interrupted; TLS and basic auth come from `web_config`,
-    `access_log` logs every request at INFO."""
+    `access_log` logs every request at INFO, `shard` (from `--shard`) is kept for reloads."""
     state = ExporterState(
-        config=config, config_path=config_path, store=ResultStore(config.source.value)
+        config=config,
+        config_path=config_path,
+        store=ResultStore(config.source.value),
+        shard=shard,
     )
     app = make_app(state, web_config=web_config)
     logging.getLogger("aiohttp.server").addFilter(_BAD_REQUEST_FILTER)

@@ -67,9 +67,14 @@ INVALID_CASES: dict[str, list[tuple[int, str, str]]] = {
         (
             4,
             "targets.endpoint_networks[1]",
-            "network 10.0.0.0/8 has 16777216 addresses, more than "
-            "scheduler.max_hosts_per_network (4096)",
-        )
+            "network 10.0.0.0/8 has 16777214 hosts, more than "
+            "scheduler.max_hosts_per_sweep (1048576)",
+        ),
+        (
+            7,
+            "targets.ibm_hmc[0]",
+            "network 10.30.0.0/19 has 8190 hosts, more than scheduler.max_hosts_per_network (4096)",
+        ),
     ],
     "invalid-missing-port.yaml": [(2, "extra_flows[0].port", "check tcp needs a port")],
     "invalid-source.yaml": [(1, "source", "Input should be 'endpoint_server'")],
@@ -348,8 +353,10 @@ extra_flows:
     assert isinstance(relay.settings, HttpSettings)
     assert relay.settings.path == "/relay/health"
     assert relay.settings.expected_status == [200, 204]
-    sweeps = sorted(str(job.target) for job in config.jobs if job.flow_id == "ssh_endpoints")
-    assert sweeps == ["192.0.2.1:22", "192.0.2.2:22"]
+    assert not [job for job in config.jobs if job.flow_id == "ssh_endpoints"]
+    (sweep,) = [sweep for sweep in config.sweeps if sweep.flow_id == "ssh_endpoints"]
+    assert (sweep.network.label, sweep.port) == ("192.0.2.0/30", 22)
+    assert list(sweep.network.hosts()) == ["192.0.2.1", "192.0.2.2"]
     assert "smb_endpoints" in config.skipped_flows
     proxy = jobs[("proxy_reachable", "proxy.corp.example:3128")]
     assert (proxy.check, proxy.interval, proxy.timeout) == ("tcp", 15.0, 5.0)

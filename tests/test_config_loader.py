@@ -31,6 +31,7 @@ from exporter.config import (
     parse_config,
 )
 from exporter.errors import ConfigError
+from exporter.networks import Shard
 from exporter.result import CheckResult, Result
 from exporter.store import ResultStore
 from exporter.web import ExporterState
@@ -354,10 +355,10 @@ async def test_reload_past_its_deadline_frees_the_lock(
     path.write_text(good_config(9, 1), encoding="utf-8")
     release = threading.Event()
 
-    def stuck_once(config_path: str | Path | None) -> Config:
+    def stuck_once(config_path: str | Path | None, *, shard: Shard | None = None) -> Config:
         if not release.is_set():
             release.wait(POLL_DEADLINE_S)
-        return load_config(config_path)
+        return load_config(config_path, shard=shard)
 
     monkeypatch.setattr(web, "load_config", stuck_once)
     monkeypatch.setattr(web, "RELOAD_DEADLINE_S", 0.05)
@@ -382,7 +383,7 @@ async def test_unexpected_loader_failure_is_one_clean_error(
     path = tmp_path / "config.yaml"
     path.write_text(good_config(9, 1), encoding="utf-8")
 
-    def broken(config_path: str | Path | None) -> Config:
+    def broken(config_path: str | Path | None, *, shard: Shard | None = None) -> Config:
         raise UnicodeDecodeError("utf-8", SECRET.encode(), 0, 1, "invalid start byte")
 
     config = load_config(path)

@@ -117,7 +117,10 @@ def test_landing_page_pending_count_reaches_zero(tmp_path: Path, listener: int) 
         while True:
             status, page = exporter.get("/")
             assert status == 200
-            counts = re.search(r"(\d+) \(flow, target\) pairs,\s+(\d+) not checked yet", page)
+            counts = re.search(
+                r"(\d+) \(flow, target\) pairs and\s+\d+ swept networks, (\d+) not checked yet",
+                page,
+            )
             assert counts is not None, page
             if counts.group(2) == "0":
                 break
