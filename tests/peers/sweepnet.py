@@ -1,0 +1,133 @@
+"""A whole /20 of live addresses inside a namespace, with known holes, for sweep tests.
+
+The namespace routes the /20 to its loopback (`ip route add local`), so every address of it is
+the namespace's own and answers; the root namespace routes the /20 to the namespace over the
+veth pair. One TCP listener on 0.0.0.0 inside accepts on every address and writes down the
+address each connection was made to, so a test can prove which hosts were reached and how often.
+Filter rules then carve out hosts whose answers are known in advance:
+
+- `absent`: every packet dropped — no host there (neither TCP nor ICMP echo answered);
+- `filtered`: the listener's port dropped, ICMP echo answered — host up, port filtered;
+- `refused`: the listener's port answered with a TCP reset.
+
+Every other host of the /20 accepts the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import random
+import select
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.peers import netns
+from tests.peers.netns import IP, IsolatedHost
+
+SUBNET_ATTEMPTS = 50
+READY_TIMEOUT_S = 10.0
+
+# Accept on every address of the namespace; one line per connection: the address dialled.
+_RECORDING_LISTENER = (
+    "import socket,sys\n"
+    "s=socket.socket()\n"
+    "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+    "s.bind(('0.0.0.0',int(sys.argv[1])))\n"
+    "s.listen(4096)\n"
+    "out=open(sys.argv[2],'a',buffering=1)\n"
+    "print('ready',flush=True)\n"
+    "while True:\n"
+    "    c,_=s.accept()\n"
+    "    out.write(c.getsockname()[0]+'\\n')\n"
+    "    c.close()\n"
+)
+
+
+@dataclass(frozen=True)
+class SweptNetwork:
+    """The /20, its carved-out blocks, the listener's port and its record of connections."""
+
+    network: ipaddress.IPv4Network
+    port: int
+    absent: ipaddress.IPv4Network
+    filtered: ipaddress.IPv4Network
+    refused: ipaddress.IPv4Network
+    record: Path
+
+    @property
+    def hosts(self) -> int:
+        """Hosts a sweep of the /20 probes (network and broadcast addresses excluded)."""
+        return self.network.num_addresses - 2
+
+    @property
+    def expected_ok(self) -> int:
+        """Hosts whose connection is accepted."""
+        holes = self.absent.num_addresses + self.filtered.num_addresses
+        return self.hosts - holes - self.refused.num_addresses
+
+    def connections(self) -> Counter[str]:
+        """How many connections the listener accepted, by the address dialled."""
+        return Counter(self.record.read_text(encoding="ascii").split())
+
+
+def _pick_network() -> ipaddress.IPv4Network:
+    """A random 10.253.X.0/20 that overlaps no route of the root namespace."""
+    rng = random.SystemRandom()
+    existing = netns._existing_networks()
+    for _ in range(SUBNET_ATTEMPTS):
+        candidate = ipaddress.IPv4Network(f"10.253.{rng.randrange(0, 256, 16)}.0/20")
+        if not any(candidate.overlaps(network) for network in existing):
+            return candidate
+    raise RuntimeError("no free 10.253.X.0/20 network after 50 random tries")
+
+
+@contextlib.contextmanager
+def swept_network(port: int, workdir: Path) -> Iterator[SweptNetwork]:
+    """The namespace with its /20, listener and rules; everything removed on exit."""
+    network = _pick_network()
+    blocks = list(network.subnets(new_prefix=24))
+    swept = SweptNetwork(
+        network=network,
+        port=port,
+        absent=blocks[1],
+        filtered=next(blocks[2].subnets(new_prefix=25)),
+        refused=next(blocks[3].subnets(new_prefix=26)),
+        record=workdir / "connections.txt",
+    )
+    swept.record.touch()
+    with netns.isolated_host() as host:
+        netns._run([IP, "route", "add", str(network), "via", host.address])
+        try:
+            host.run([IP, "route", "add", "local", str(network), "dev", "lo"])
+            _start_listener(host, swept)
+            _apply_rules(host, swept)
+            yield swept
+        finally:
+            subprocess.run([IP, "route", "del", str(network)], capture_output=True, check=False)
+
+
+def _start_listener(host: IsolatedHost, swept: SweptNetwork) -> None:
+    proc = host.popen(
+        [sys.executable, "-c", _RECORDING_LISTENER, str(swept.port), str(swept.record)],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    with proc.stdout:
+        readable, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT_S)
+        if not readable or proc.stdout.readline() != b"ready\n":
+            raise RuntimeError(f"the recording listener on port {swept.port} did not start")
+
+
+def _apply_rules(host: IsolatedHost, swept: SweptNetwork) -> None:
+    port = str(swept.port)
+    host.iptables("-A", "INPUT", "-d", str(swept.absent), "-j", "DROP")
+    tcp = ("-p", "tcp", "--dport", port)
+    host.iptables("-A", "INPUT", "-d", str(swept.filtered), *tcp, "-j", "DROP")
+    host.iptables(
+        "-A", "INPUT", "-d", str(swept.refused), *tcp, "-j", "REJECT", "--reject-with", "tcp-reset"
+    )
