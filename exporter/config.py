@@ -64,6 +64,8 @@ MAX_ALIAS_NODES = 100_000
 # Default of scheduler.max_pairs: resolved (flow, target) pairs, counted before jobs are built
 # and before duplicate pairs are dropped, so the count is an upper bound of the jobs.
 DEFAULT_MAX_PAIRS = 200_000
+# The check whose answer tells a sweep that a host is there (`presence: icmp`).
+PRESENCE_CHECK = "icmp"
 # A host list of a /16 written one address a line is under 1 MiB; sixteen leave room for comments.
 MAX_HOST_LIST_BYTES = 16 * 1024 * 1024
 # A syntax error is re-worded by the pure-Python parser only in files up to this size: its
@@ -1112,6 +1114,11 @@ class _Resolver:
                     f"flow {template.flow_id}: {given} has no effect: the flow {reason}"
                 )
             return []
+        if "presence" in shaping and template.check == PRESENCE_CHECK:
+            self.warnings.append(
+                f"flow {template.flow_id}: presence has no effect: the flow's own check is the "
+                "ICMP echo that tells present hosts"
+            )
         port = template.port_for(None)
         if template.spec.uses_port and port is None:
             self.problems.append(

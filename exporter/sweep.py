@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 
 from exporter.blocking import BlockingPool
 from exporter.checks import CHECKS, Target
-from exporter.config import Sweep
+from exporter.config import PRESENCE_CHECK, Sweep
 from exporter.result import CheckResult, Result
 from exporter.runner import RunOutcome, run_check
 
 WORST_HOSTS_KEPT = 20
-PRESENCE_CHECK = "icmp"
 # Results that say nothing came back from the host itself.
 SILENT_RESULTS = frozenset({Result.TIMEOUT, Result.UNREACHABLE, Result.EXPORTER_ERROR})
 
