@@ -152,32 +152,51 @@ def to_junit(reports: Sequence[FlowReport], networks: Sequence[NetworkReport] = 
         time=f"{total_time:.6f}",
     )
     for report in reports:
-        case = ET.SubElement(
+        result = report.result
+        _test_case(
             suite,
-            "testcase",
-            classname=f"{report.source}.{report.job.flow_id}",
-            name=f"{report.job.flow_id} {report.job.target} ({report.job.check})",
-            time=f"{report.result.duration_seconds:.6f}",
+            f"{report.source}.{report.job.flow_id}",
+            f"{report.job.flow_id} {report.job.target} ({report.job.check})",
+            result.duration_seconds,
+            None
+            if result.ok
+            else (
+                result.result.value,
+                result.detail,
+                f"{report.source} -> {report.destination}: {result.detail}",
+            ),
         )
-        if not report.result.ok:
-            failure = ET.SubElement(
-                case, "failure", type=report.result.result.value, message=report.result.detail
-            )
-            failure.text = f"{report.source} -> {report.destination}: {report.result.detail}"
     for network in networks:
         sweep = network.sweep
-        case = ET.SubElement(
+        _test_case(
             suite,
-            "testcase",
-            classname=f"{network.source}.{sweep.flow_id}",
-            name=f"{sweep.flow_id} {sweep.network.label} ({sweep.check})",
-            time=f"{network.tally.duration_seconds:.6f}",
+            f"{network.source}.{sweep.flow_id}",
+            f"{sweep.flow_id} {sweep.network.label} ({sweep.check})",
+            network.tally.duration_seconds,
+            None
+            if network.ok
+            else (
+                "network",
+                network.summary,
+                f"{network.source} -> {sweep.network.label}: no host passed",
+            ),
         )
-        if not network.ok:
-            failure = ET.SubElement(case, "failure", type="network", message=network.summary)
-            failure.text = f"{network.source} -> {sweep.network.label}: no host passed"
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _test_case(
+    suite: ET.Element,
+    classname: str,
+    name: str,
+    seconds: float,
+    failure: tuple[str, str, str] | None,
+) -> None:
+    """One JUnit test case; `failure` is (type, message, text) when it failed."""
+    case = ET.SubElement(suite, "testcase", classname=classname, name=name, time=f"{seconds:.6f}")
+    if failure is not None:
+        kind, message, text = failure
+        ET.SubElement(case, "failure", type=kind, message=message).text = text
 
 
 def results_table(reports: Sequence[FlowReport]) -> Table:

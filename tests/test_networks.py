@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -184,3 +187,50 @@ async def test_per_host_series_are_capped_in_address_order() -> None:
     ]
     assert "certero_flow_check_duration_seconds_bucket{" not in text
     assert 'certero_flow_network_hosts{flow="lo_sweep",source="endpoint_server",' in text
+
+
+@pytest.mark.parametrize("output", ["junit", "table"])
+def test_check_reports_a_swept_network_as_one_row(tmp_path: Path, output: str) -> None:
+    """`check`: a network where no host passed fails as one test case / one row; `--details`
+    lists its worst hosts."""
+    port = free_tcp_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "extra_flows:\n"
+        f"  - {{id: lo_sweep, check: tcp, port: {port}, sweep: true, presence: none,\n"
+        "     targets: [127.0.0.0/29]}\n",
+        encoding="utf-8",
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "check",
+            "--config",
+            str(path),
+            "--no-progress",
+            "--format",
+            output,
+            "--details",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert run.returncode == 1, run.stderr
+    if output == "junit":
+        suite = ET.fromstring(run.stdout).find("testsuite")
+        assert suite is not None
+        assert (suite.get("tests"), suite.get("failures")) == ("1", "1")
+        failure = suite.find("testcase/failure")
+        assert failure is not None
+        assert failure.get("type") == "network"
+        assert failure.get("message") == "6 hosts: 6 refused; 0 no host, 0 filtered"
+    else:
+        assert "127.0.0.0/29" in run.stdout
+        assert "127.0.0.6: refused" in run.stdout
+        assert (
+            "0/1 flows ok (1 swept networks, each ok when a host passed), 1 failing" in run.stdout
+        )

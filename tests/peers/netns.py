@@ -137,6 +137,16 @@ class IsolatedHost:
         self._procs.append(proc)
         return proc
 
+    def popen_ready(self, argv: Sequence[str], what: str) -> subprocess.Popen[bytes]:
+        """`popen` a server that prints "ready" once it listens, and wait for that line."""
+        proc = self.popen(argv, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        with proc.stdout:
+            readable, _, _ = select.select([proc.stdout], [], [], LISTENER_TIMEOUT_S)
+            if not readable or proc.stdout.readline() != b"ready\n":
+                raise RuntimeError(f"{what} did not start")
+        return proc
+
     def tcp_listener(self, port: int) -> subprocess.Popen[bytes]:
         """Start an accept-and-hold TCP listener on address:port and wait until it accepts.
 
@@ -154,15 +164,10 @@ class IsolatedHost:
         second per destination), and a test's own REJECT would then go unanswered. Call it
         before adding rules that block `port`: one echo is checked from the root namespace.
         """
-        proc = self.popen(
+        proc = self.popen_ready(
             [sys.executable, "-c", _UDP_ECHO_CODE, self.address, str(port)],
-            stdout=subprocess.PIPE,
+            f"the UDP echo server on {self.address}:{port}",
         )
-        assert proc.stdout is not None
-        with proc.stdout:
-            readable, _, _ = select.select([proc.stdout], [], [], LISTENER_TIMEOUT_S)
-            if not readable or proc.stdout.readline() != b"ready\n":
-                raise RuntimeError(f"the UDP echo server on {self.address}:{port} did not start")
         wait_for_udp_echo(self.address, port, LISTENER_TIMEOUT_S, proc=proc)
         return proc
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import random
-import select
 import subprocess
 import sys
 from collections import Counter
@@ -30,7 +29,6 @@ from tests.peers import netns
 from tests.peers.netns import IP, IsolatedHost
 
 SUBNET_ATTEMPTS = 50
-READY_TIMEOUT_S = 10.0
 
 # Accept on every address of the namespace; one line per connection: the address dialled.
 _RECORDING_LISTENER = (
@@ -112,15 +110,10 @@ def swept_network(port: int, workdir: Path) -> Iterator[SweptNetwork]:
 
 
 def _start_listener(host: IsolatedHost, swept: SweptNetwork) -> None:
-    proc = host.popen(
+    host.popen_ready(
         [sys.executable, "-c", _RECORDING_LISTENER, str(swept.port), str(swept.record)],
-        stdout=subprocess.PIPE,
+        f"the recording listener on port {swept.port}",
     )
-    assert proc.stdout is not None
-    with proc.stdout:
-        readable, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT_S)
-        if not readable or proc.stdout.readline() != b"ready\n":
-            raise RuntimeError(f"the recording listener on port {swept.port} did not start")
 
 
 def _apply_rules(host: IsolatedHost, swept: SweptNetwork) -> None:
