@@ -315,7 +315,7 @@ async def _prelogin(
     reader, writer = await open_stream(context, target)
     try:
         if settings.encrypt == "strict":
-            session = TlsSession(reader, writer, _strict_ssl_context(settings), server_name)
+            session = _TlsSession(reader, writer, _strict_ssl_context(settings), server_name)
             with context.phase(Phase.TLS):
                 await session.handshake(context, in_prelogin=False)
             context.debug("tds 8.0", alpn=session.tls.selected_alpn_protocol())
@@ -328,7 +328,7 @@ async def _prelogin(
             prelogin = await _exchange_prelogin(context, wire, request)
         if not _handshake_wanted(settings.encrypt, prelogin.encryption):
             return prelogin, None
-        session = TlsSession(reader, writer, client_ssl_context(settings), server_name)
+        session = _TlsSession(reader, writer, client_ssl_context(settings), server_name)
         with context.phase(Phase.TLS):
             await session.handshake(context, in_prelogin=True)
         return prelogin, session.tls.version()
@@ -394,7 +394,7 @@ class _PlainWire(_Wire):
         return await self.reader.readexactly(size)
 
 
-class TlsSession(_Wire):
+class _TlsSession(_Wire):
     """A client TLS session in memory BIOs over the check's asyncio stream.
 
     In TDS 7.x each handshake flight travels as the payload of PRELOGIN packets (MS-TDS 2.2.6.5:
@@ -524,6 +524,7 @@ async def _exchange_prelogin(context: CheckContext, wire: _Wire, encryption: int
     payload = await wire.read_exactly(length - TDS_HEADER.size)
     prelogin = parse_prelogin_reply(payload)
     context.debug("prelogin", version=prelogin.version, encryption=prelogin.encryption)
+    context.peer = PeerInfo(product="SQL Server", version=prelogin.version)  # kept on failure
     return prelogin
 
 
