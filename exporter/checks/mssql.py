@@ -43,7 +43,7 @@ import ssl
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import Field, model_validator
 
@@ -71,14 +71,14 @@ TDS_TABULAR_RESULT = 0x04  # the type of every server response, the pre-login an
 TDS_STATUS_EOM = 0x01
 MAX_PRELOGIN_REPLY_BYTES = 4096  # a pre-login answer is tens of bytes; the minimum packet size
 MAX_PRELOGIN_OPTIONS = 16  # eight option tokens are defined; more is not a pre-login answer
-# TLS inside PRELOGIN packets: a packet is at most 32767 bytes (MS-TDS 2.2.3.1.3); a server
-# sends its certificate chain in a few packets of its 4096-byte default packet size.
+# TLS inside PRELOGIN packets: a server sends its certificate chain in a few packets of its
+# 4096-byte default packet size; 32767 is the largest packet size a client can negotiate.
 MAX_TDS_PACKET_BYTES = 32767
 OUR_PACKET_BYTES = 4096  # what we send per packet, the default packet size before a login
 MAX_HANDSHAKE_PACKETS = 64
 MAX_HANDSHAKE_BYTES = 256 * 1024  # the most a server's handshake may send us in all
 TLS_READ_BYTES = 16 * 1024  # one read from the socket while TLS wraps the whole connection
-TDS8_ALPN = "tds/8.0"  # TDS 8.0 strict encryption (MS-TDS 2.1; IANA ALPN registry)
+TDS8_ALPN = "tds/8.0"  # TDS 8.0 strict encryption (IANA ALPN protocol IDs registry)
 SSRP_UCAST_EX = b"\x03"  # MC-SQLR 2.2.2 CLNT_UCAST_EX: every instance
 SSRP_UCAST_INST = 0x04  # MC-SQLR 2.2.3 CLNT_UCAST_INST: one instance by name
 SSRP_SVR_RESP = 0x05  # MC-SQLR 2.2.5
@@ -357,7 +357,11 @@ def _handshake_wanted(encrypt: Encrypt, answer: int | None) -> bool:
 
 @functools.lru_cache(maxsize=16)
 def _strict_ssl_context_for(ca_file: str | None, verify: bool) -> ssl.SSLContext:
-    """The `tls` check's rules (`client_ssl_context`) plus ALPN `tds/8.0`, built once."""
+    """The `tls` check's rules (`client_ssl_context`) plus ALPN `tds/8.0`, built once.
+
+    A context of its own: the shared ones of `exporter.checks.net` must not offer `tds/8.0`
+    to the HTTPS and LDAPS servers the other checks reach.
+    """
     context = ssl.create_default_context(cafile=ca_file)
     if not verify:
         context.check_hostname = False
@@ -370,17 +374,15 @@ def _strict_ssl_context(settings: TlsSettings) -> ssl.SSLContext:
     return _strict_ssl_context_for(settings.ca_file, not settings.insecure_skip_verify)
 
 
-class _Wire:
+class _Wire(Protocol):
     """Where TDS packets go: the bare connection, or TLS over it."""
 
-    def send(self, data: bytes) -> None:
-        raise NotImplementedError
+    def send(self, data: bytes) -> None: ...
 
-    async def read_exactly(self, size: int) -> bytes:
-        raise NotImplementedError
+    async def read_exactly(self, size: int) -> bytes: ...
 
 
-class _PlainWire(_Wire):
+class _PlainWire:
     """TDS packets straight on the connection."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -394,7 +396,7 @@ class _PlainWire(_Wire):
         return await self.reader.readexactly(size)
 
 
-class _TlsSession(_Wire):
+class _TlsSession:
     """A client TLS session in memory BIOs over the check's asyncio stream.
 
     In TDS 7.x each handshake flight travels as the payload of PRELOGIN packets (MS-TDS 2.2.6.5:

@@ -16,7 +16,13 @@ from exporter.checks.mssql import MAX_HANDSHAKE_PACKETS, MssqlSettings
 from exporter.config import parse_config
 from exporter.result import CheckResult, PeerInfo, Phase, Result
 from exporter.runner import run_check
-from tests.checks.fakes import HOST, Handler, fake_server, wait_for_client_to_leave
+from tests.checks.fakes import (
+    HOST,
+    Handler,
+    fake_server,
+    sends_then_waits,
+    wait_for_client_to_leave,
+)
 from tests.fakes.tds import (
     ENCRYPT_NOT_SUP,
     ENCRYPT_OFF,
@@ -239,6 +245,15 @@ async def test_strict_expired_certificate_is_tls_error(pki: Pki) -> None:
     assert result.tls_cert_expiry_seconds == pki.expired.not_after.timestamp()
     assert Phase.HANDSHAKE not in result.phases
     assert fake.client_encryption == []
+
+
+async def test_strict_against_a_peer_without_tls_is_protocol_mismatch() -> None:
+    """`strict` against a peer answering the ClientHello in clear text: protocol_mismatch."""
+    async with fake_server(sends_then_waits(b"HTTP/1.1 400 Bad Request\r\n\r\n")) as port:
+        result = await _mssql(port, MssqlSettings(encrypt="strict"))
+    assert result.result is Result.PROTOCOL_MISMATCH
+    assert result.detail.startswith("peer does not speak TLS")
+    assert Phase.TLS in result.phases
 
 
 async def test_garbage_instead_of_tls_is_classified_within_the_timeout() -> None:
