@@ -17,11 +17,10 @@ The TDS side answers what a client sends before and during a SQL login:
 - SQL batch (type 0x01, 2.2.6.7): `SELECT @@VERSION` gets one NVARCHAR column (COLMETADATA 2.2.7.4, ROW
   2.2.7.19) holding the server's @@VERSION text and DONE with a row count; other batches DONE;
   ATTENTION (type 0x06) DONE with DONE_ATTN.
-All responses are packet type 0x04 (tabular result), the handshake's PRELOGIN packets apart. The
-Browser answers CLNT_BCAST_EX (0x02)
-and CLNT_UCAST_EX (0x03) alike with every instance (MC-SQLR 2.2.1, 2.2.2, 3.2.5) and
-CLNT_UCAST_INST (0x04 name 00) with that instance, staying silent for an unknown one as SQL
-Server's Browser does (MC-SQLR 3.2.5).
+All responses are packet type 0x04 (tabular result), the handshake's PRELOGIN packets apart.
+The Browser answers CLNT_BCAST_EX (0x02) and CLNT_UCAST_EX (0x03) alike with every instance
+(MC-SQLR 2.2.1, 2.2.2, 3.2.5) and CLNT_UCAST_INST (0x04 name 00) with that instance, staying
+silent for an unknown one as SQL Server's Browser does (MC-SQLR 3.2.5).
 
 FreeTDS's `tsql`, pymssql and nmap's ms-sql-info prove both in tests/checks/test_mssql_peer.py,
 tsql and pymssql with encryption required (and pymssql's FreeTDS in TDS 8.0 strict mode) the TLS
