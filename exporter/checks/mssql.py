@@ -1,4 +1,4 @@
-"""`mssql` and `mssql_browser`: SQL Server's TDS pre-login and its Browser service (SSRP).
+"""`mssql` and `mssql_browser`: SQL Server's TDS pre-login, its TLS, and its Browser (SSRP).
 
 `mssql` without credentials sends a TDS PRELOGIN packet (MS-TDS 2.2.6.5) and reads the answer:
 the server's version and its encryption setting, with no login attempt left in the server's
@@ -6,6 +6,24 @@ error log. An `instance` setting first asks the SQL Server Browser (MC-SQLR CLNT
 UDP 1434) for that instance's TCP port, the way clients resolve `HOST\\INSTANCE`, and the
 pre-login goes to that port. With `username` and `password` a real SQL login follows through
 pymssql on the blocking pool, then `SELECT @@VERSION`.
+
+TLS (`encrypt`), the way SQL Server clients do it:
+- TDS 7.x (`auto`, `require`): after the pre-login answer, the TLS handshake records travel as
+  the payload of TDS PRELOGIN packets (type 0x12) in both directions until the handshake is
+  done (MS-TDS 2.2.6.5, 3.2.5.2 and 3.3.5.2); only afterwards would TLS records flow bare on
+  the TCP connection. `auto` sends ENCRYPT_OFF, which lets the answer show the server's policy
+  (ENCRYPT_OFF: only the login packet is encrypted; ENCRYPT_REQ: the server forces encryption),
+  and handshakes when the answer says the whole connection is encrypted (ENCRYPT_ON or
+  ENCRYPT_REQ). `require` sends ENCRYPT_ON, handshakes with any server that can, and fails as
+  `tls_error` when the answer is ENCRYPT_NOT_SUP. `off` never handshakes.
+- TDS 8.0 (`strict`, SQL Server 2022): TLS from the first byte with ALPN `tds/8.0`, then the
+  pre-login inside TLS.
+The handshake runs in an `ssl.SSLObject` over memory BIOs fed from the asyncio stream (no thread,
+every read bounded), is verified by the rules and settings of the `tls` check (`ca_file`,
+`server_name`, `insecure_skip_verify`), is reported in the same words (`exporter.classify`), and
+records the leaf's and the chain's expiry, also of a certificate that failed verification.
+pymssql's FreeTDS does not verify the server's certificate at login; this handshake is what
+proves it.
 
 `mssql_browser` sends CLNT_UCAST_EX (one byte 0x03) to UDP 1434 and lists the instances of the
 SVR_RESP answer with their TCP ports.
@@ -18,18 +36,30 @@ login errors (18456 and its relatives) into `auth_failed` and FreeTDS's connecti
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
+import ssl
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from pydantic import Field, model_validator
 
 from exporter.blocking import Deadline
 from exporter.checks.base import CheckContext, CheckSettings, CheckSpec, Target, quote_peer
-from exporter.checks.net import MAX_DATAGRAM_BYTES, close_stream, exchange_datagram, open_stream
+from exporter.checks.net import (
+    MAX_DATAGRAM_BYTES,
+    TlsSettings,
+    client_ssl_context,
+    close_stream,
+    exchange_datagram,
+    open_stream,
+    presented_chain,
+    record_certificates,
+)
+from exporter.checks.tls import expiry_note
 from exporter.errors import CheckFailure
 from exporter.result import CheckResult, PeerInfo, Phase, Result
 from exporter.secrets import Secret, reveal
@@ -41,6 +71,14 @@ TDS_TABULAR_RESULT = 0x04  # the type of every server response, the pre-login an
 TDS_STATUS_EOM = 0x01
 MAX_PRELOGIN_REPLY_BYTES = 4096  # a pre-login answer is tens of bytes; the minimum packet size
 MAX_PRELOGIN_OPTIONS = 16  # eight option tokens are defined; more is not a pre-login answer
+# TLS inside PRELOGIN packets: a server sends its certificate chain in a few packets of its
+# 4096-byte default packet size; 32767 is the largest packet size a client can negotiate.
+MAX_TDS_PACKET_BYTES = 32767
+OUR_PACKET_BYTES = 4096  # what we send per packet, the default packet size before a login
+MAX_HANDSHAKE_PACKETS = 64
+MAX_HANDSHAKE_BYTES = 256 * 1024  # the most a server's handshake may send us in all
+TLS_READ_BYTES = 16 * 1024  # one read from the socket while TLS wraps the whole connection
+TDS8_ALPN = "tds/8.0"  # TDS 8.0 strict encryption (IANA ALPN protocol IDs registry)
 SSRP_UCAST_EX = b"\x03"  # MC-SQLR 2.2.2 CLNT_UCAST_EX: every instance
 SSRP_UCAST_INST = 0x04  # MC-SQLR 2.2.3 CLNT_UCAST_INST: one instance by name
 SSRP_SVR_RESP = 0x05  # MC-SQLR 2.2.5
@@ -52,6 +90,9 @@ _INSTANCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$#@]{0,15}$")  # SQL Server: 
 
 # MS-TDS 2.2.6.5 option tokens and their data in our request; VERSION must come first (3.3.5.1).
 _VERSION, _ENCRYPTION, _INSTOPT, _THREADID, _MARS, _TERMINATOR = 0, 1, 2, 3, 4, 0xFF
+# MS-TDS 2.2.6.5 B_FENCRYPTION values.
+ENCRYPT_OFF, ENCRYPT_ON, ENCRYPT_NOT_SUP, ENCRYPT_REQ = 0x00, 0x01, 0x02, 0x03
+Encrypt = Literal["auto", "require", "strict", "off"]
 _ENCRYPTION_WORDS = {
     0x00: "encryption off (login packet only)",
     0x01: "encryption on",
@@ -85,8 +126,8 @@ class MssqlBrowserSettings(CheckSettings):
         return self
 
 
-class MssqlSettings(CheckSettings):
-    """Options of the `mssql` check."""
+class MssqlSettings(TlsSettings):
+    """Options of the `mssql` check; the TLS options are those of the `tls` check."""
 
     instance: str | None = Field(
         default=None,
@@ -100,12 +141,25 @@ class MssqlSettings(CheckSettings):
     )
     username: str | None = Field(default=None, description="SQL login for a real login.")
     password: Secret | None = Field(default=None, description="Password of the SQL login.")
+    encrypt: Encrypt = Field(
+        default="auto",
+        description=(
+            "TLS: `auto` handshakes when the server encrypts the whole connection (ENCRYPT_ON "
+            "or ENCRYPT_REQ), `require` also asks for it and fails where the server cannot, "
+            "`strict` is TDS 8.0 (TLS first, ALPN tds/8.0), `off` never handshakes."
+        ),
+    )
 
     @model_validator(mode="after")
     def _valid(self) -> MssqlSettings:
         _check_instance_name(self.instance)
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together: give both or neither")
+        if self.encrypt == "strict" and self.username is not None:
+            raise ValueError(
+                "encrypt: strict cannot go with a login: pymssql logs in with TDS 7.x only "
+                "(use encrypt: require for a login over TLS)"
+            )
         return self
 
 
@@ -137,15 +191,22 @@ class BrowserInstance:
 
 
 async def run(target: Target, settings: MssqlSettings, context: CheckContext) -> CheckResult:
-    """Pre-login (after a Browser lookup for a named instance), then a login with credentials."""
+    """Pre-login (after a Browser lookup for a named instance) and TLS as `encrypt` says, then
+    a login with credentials."""
     password = reveal(settings.password) if settings.password is not None else None
     port = target.port or 1433
     where = ""
     if settings.instance is not None:
         port = await _instance_port(context, target, settings)
         where = f"instance {settings.instance} on TCP port {port} (from the Browser), "
-    prelogin = await _prelogin(context, Target(target.host, port))
-    context.peer = PeerInfo(product="SQL Server", version=prelogin.version)
+    server_name = settings.server_name or target.host
+    prelogin, tls_version = await _prelogin(
+        context, Target(target.host, port), settings, server_name
+    )
+    context.peer = PeerInfo(
+        product="SQL Server",
+        version=prelogin.version if tls_version is None else f"{prelogin.version}, {tls_version}",
+    )
     release = _RELEASES.get(prelogin.major)
     name = (
         f"SQL Server {release} ({prelogin.version})"
@@ -157,15 +218,34 @@ async def run(target: Target, settings: MssqlSettings, context: CheckContext) ->
         if prelogin.encryption is None
         else _ENCRYPTION_WORDS.get(prelogin.encryption, f"encryption {prelogin.encryption:#04x}")
     )
-    detail = f"{where}{name}, {encryption}"
+    detail = f"{where}{name}, {encryption}{_tls_note(settings.encrypt, prelogin, tls_version)}"
+    detail += expiry_note(context)
     if settings.username is None or password is None:
         return context.ok(detail)
     with context.phase(Phase.AUTH):
         server_version = await context.run_blocking(
-            _login, context.address or target.host, port, settings.username, password
+            _login,
+            context.address or target.host,
+            port,
+            settings.username,
+            password,
+            encryption="require" if settings.encrypt == "require" else None,
         )
     first_line = server_version.splitlines()[0].strip() if server_version else ""
     return context.ok(f"{detail}, login as {settings.username} ok: {first_line[:120]}")
+
+
+def _tls_note(encrypt: Encrypt, prelogin: Prelogin, tls_version: str | None) -> str:
+    """What the detail says about TLS: the handshake made, or why none was made."""
+    if encrypt == "strict":
+        return f", TDS 8.0 strict encryption over {tls_version}"
+    if tls_version is not None:
+        return f", {tls_version} handshake in PRELOGIN"
+    if encrypt == "off":
+        return ", TLS not checked (encrypt: off)"
+    if prelogin.encryption == ENCRYPT_OFF:
+        return ", certificate not checked (encrypt: require checks it)"
+    return ""
 
 
 async def _instance_port(context: CheckContext, target: Target, settings: MssqlSettings) -> int:
@@ -205,11 +285,11 @@ async def _instance_port(context: CheckContext, target: Target, settings: MssqlS
     return found.tcp_port
 
 
-def build_prelogin() -> bytes:
-    """Our PRELOGIN packet: VERSION, ENCRYPTION (off), INSTOPT (any), THREADID, MARS (off)."""
+def build_prelogin(encryption: int = ENCRYPT_OFF) -> bytes:
+    """Our PRELOGIN packet: VERSION, ENCRYPTION, INSTOPT (any), THREADID, MARS (off)."""
     options = [
         (_VERSION, bytes(6)),
-        (_ENCRYPTION, b"\x00"),
+        (_ENCRYPTION, bytes([encryption])),
         (_INSTOPT, b"\x00"),
         (_THREADID, bytes(4)),
         (_MARS, b"\x00"),
@@ -224,23 +304,239 @@ def build_prelogin() -> bytes:
     return header + payload
 
 
-async def _prelogin(context: CheckContext, target: Target) -> Prelogin:
+async def _prelogin(
+    context: CheckContext, target: Target, settings: MssqlSettings, server_name: str
+) -> tuple[Prelogin, str | None]:
+    """The pre-login exchange and the TLS handshake `encrypt` asks for, on one connection.
+
+    Returns the answer and the negotiated TLS version (None: no handshake was made). The
+    connection is closed afterwards: a login, when configured, is pymssql's own connection.
+    """
     reader, writer = await open_stream(context, target)
     try:
+        if settings.encrypt == "strict":
+            session = _TlsSession(reader, writer, _strict_ssl_context(settings), server_name)
+            with context.phase(Phase.TLS):
+                await session.handshake(context, in_prelogin=False)
+            context.debug("tds 8.0", alpn=session.tls.selected_alpn_protocol())
+            with context.phase(Phase.HANDSHAKE):  # inside TLS already: NOT_SUP, as FreeTDS sends
+                prelogin = await _exchange_prelogin(context, session, ENCRYPT_NOT_SUP)
+            return prelogin, session.tls.version()
+        wire = _PlainWire(reader, writer)
+        request = ENCRYPT_ON if settings.encrypt == "require" else ENCRYPT_OFF
         with context.phase(Phase.HANDSHAKE):
-            writer.write(build_prelogin())
-            header = await _read_header(reader)
-            kind, status, length = header[0], header[1], header[2]
-            context.debug("tds packet", type=kind, status=status, length=length)
-            payload = await reader.readexactly(length - TDS_HEADER.size)
+            prelogin = await _exchange_prelogin(context, wire, request)
+        if not _handshake_wanted(settings.encrypt, prelogin.encryption):
+            return prelogin, None
+        session = _TlsSession(reader, writer, client_ssl_context(settings), server_name)
+        with context.phase(Phase.TLS):
+            await session.handshake(context, in_prelogin=True)
+        return prelogin, session.tls.version()
     finally:
         await close_stream(writer)
-    return parse_prelogin_reply(payload)
 
 
-async def _read_header(reader: asyncio.StreamReader) -> tuple[int, int, int]:
+def _handshake_wanted(encrypt: Encrypt, answer: int | None) -> bool:
+    """Whether a TDS 7.x client with this `encrypt` handshakes after this answer (2.2.6.5).
+
+    A server answers ENCRYPT_NOT_SUP when it has no certificate; `require` then fails, as a
+    client demanding encryption must disconnect.
+    """
+    if encrypt == "off":
+        return False
+    if encrypt == "require":
+        if answer in (None, ENCRYPT_NOT_SUP):
+            raise CheckFailure(
+                Result.TLS_ERROR,
+                "the server does not support encryption (its pre-login answer says "
+                "ENCRYPT_NOT_SUP) and encrypt: require asks for it",
+            )
+        return True
+    return answer in (ENCRYPT_ON, ENCRYPT_REQ)
+
+
+@functools.lru_cache(maxsize=16)
+def _strict_ssl_context_for(ca_file: str | None, verify: bool) -> ssl.SSLContext:
+    """The `tls` check's rules (`client_ssl_context`) plus ALPN `tds/8.0`, built once.
+
+    A context of its own: the shared ones of `exporter.checks.net` must not offer `tds/8.0`
+    to the HTTPS and LDAPS servers the other checks reach.
+    """
+    context = ssl.create_default_context(cafile=ca_file)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols([TDS8_ALPN])
+    return context
+
+
+def _strict_ssl_context(settings: TlsSettings) -> ssl.SSLContext:
+    return _strict_ssl_context_for(settings.ca_file, not settings.insecure_skip_verify)
+
+
+class _Wire(Protocol):
+    """Where TDS packets go: the bare connection, or TLS over it."""
+
+    def send(self, data: bytes) -> None: ...
+
+    async def read_exactly(self, size: int) -> bytes: ...
+
+
+class _PlainWire:
+    """TDS packets straight on the connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def read_exactly(self, size: int) -> bytes:
+        return await self.reader.readexactly(size)
+
+
+class _TlsSession:
+    """A client TLS session in memory BIOs over the check's asyncio stream.
+
+    In TDS 7.x each handshake flight travels as the payload of PRELOGIN packets (MS-TDS 2.2.6.5:
+    "the packet data is simply the raw bytes of the SSL handshake payload"); in TDS 8.0 the
+    records go bare on the connection from the first byte. Every read is bounded: one TDS
+    packet of at most 32767 bytes, or `TLS_READ_BYTES` from the socket.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ssl_context: ssl.SSLContext,
+        server_name: str,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = ssl_context.wrap_bio(self.incoming, self.outgoing, server_hostname=server_name)
+
+    async def handshake(self, context: CheckContext, *, in_prelogin: bool) -> None:
+        """Run the handshake; record the presented chain's expiry, also when it is rejected."""
+        received = 0
+        for _ in range(MAX_HANDSHAKE_PACKETS):
+            try:
+                self.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLCertVerificationError:
+                record_certificates(context, self._rejected_chain())
+                raise
+            else:
+                # TDS 8.0: the last flight (TLS 1.3's client Finished) waits for the pre-login and
+                # leaves with it in one write; sent apart, the answer came ~45 ms later from the
+                # asyncio-based fake server (measured), which a server's reads should not decide.
+                if in_prelogin:
+                    self._flush(in_prelogin=True)
+                record_certificates(context, presented_chain(self.tls))
+                context.debug(
+                    "tls established", version=self.tls.version(), cipher=self.tls.cipher()
+                )
+                return
+            self._flush(in_prelogin=in_prelogin)
+            data = await (self._read_tds_packet() if in_prelogin else self._read_socket())
+            received += len(data)
+            if received > MAX_HANDSHAKE_BYTES:
+                raise CheckFailure(
+                    Result.PROTOCOL_MISMATCH,
+                    f"TLS handshake longer than {MAX_HANDSHAKE_BYTES} bytes: not a TLS server",
+                )
+            self.incoming.write(data)
+        raise CheckFailure(
+            Result.PROTOCOL_MISMATCH,
+            f"TLS handshake not finished after {MAX_HANDSHAKE_PACKETS} packets from the server",
+        )
+
+    def _rejected_chain(self) -> list[bytes]:
+        """The chain of a handshake that failed verification (OpenSSL keeps what it got)."""
+        try:
+            return presented_chain(self.tls)
+        except ValueError:  # no chain kept, and no verified leaf to fall back on
+            return []
+
+    def _flush(self, *, in_prelogin: bool) -> None:
+        """Send what TLS has written: in PRELOGIN packets during a TDS 7.x handshake."""
+        data = self.outgoing.read()
+        if not data:
+            return
+        if not in_prelogin:
+            self.writer.write(data)
+            return
+        room = OUR_PACKET_BYTES - TDS_HEADER.size
+        chunks = [data[start : start + room] for start in range(0, len(data), room)]
+        for number, chunk in enumerate(chunks, start=1):
+            status = TDS_STATUS_EOM if number == len(chunks) else 0
+            header = TDS_HEADER.pack(
+                TDS_PRELOGIN, status, TDS_HEADER.size + len(chunk), 0, number % 256, 0
+            )
+            self.writer.write(header + chunk)
+
+    async def _read_tds_packet(self) -> bytes:
+        """One packet of the server's handshake: PRELOGIN (or tabular result) type, bounded."""
+        raw = await self.reader.readexactly(TDS_HEADER.size)
+        kind, _, length, _, _, _ = TDS_HEADER.unpack(raw)
+        if kind not in (TDS_PRELOGIN, TDS_TABULAR_RESULT) or not (
+            TDS_HEADER.size < length <= MAX_TDS_PACKET_BYTES
+        ):
+            raise CheckFailure(
+                Result.PROTOCOL_MISMATCH,
+                f"not a TLS handshake in TDS packets: the server sent {quote_peer(raw)}",
+            )
+        return await self.reader.readexactly(length - TDS_HEADER.size)
+
+    async def _read_socket(self) -> bytes:
+        data = await self.reader.read(TLS_READ_BYTES)
+        if not data:
+            raise asyncio.IncompleteReadError(b"", None)
+        return data
+
+    def send(self, data: bytes) -> None:
+        """Encrypt and send (after the handshake)."""
+        self.tls.write(data)
+        self._flush(in_prelogin=False)
+
+    async def read_exactly(self, size: int) -> bytes:
+        """Decrypt exactly `size` bytes; end of stream raises IncompleteReadError."""
+        data = bytearray()
+        while len(data) < size:
+            try:
+                chunk = self.tls.read(size - len(data))
+            except ssl.SSLWantReadError:
+                raw = await self.reader.read(TLS_READ_BYTES)
+                if not raw:
+                    raise asyncio.IncompleteReadError(bytes(data), size) from None
+                self.incoming.write(raw)
+                continue
+            except ssl.SSLZeroReturnError:  # the peer's close_notify
+                raise asyncio.IncompleteReadError(bytes(data), size) from None
+            if not chunk:
+                raise asyncio.IncompleteReadError(bytes(data), size)
+            data += chunk
+        return bytes(data)
+
+
+async def _exchange_prelogin(context: CheckContext, wire: _Wire, encryption: int) -> Prelogin:
+    """Send our PRELOGIN and read the server's answer (one packet, bounded)."""
+    wire.send(build_prelogin(encryption))
+    kind, status, length = await _read_header(wire)
+    context.debug("tds packet", type=kind, status=status, length=length)
+    payload = await wire.read_exactly(length - TDS_HEADER.size)
+    prelogin = parse_prelogin_reply(payload)
+    context.debug("prelogin", version=prelogin.version, encryption=prelogin.encryption)
+    context.peer = PeerInfo(product="SQL Server", version=prelogin.version)  # kept on failure
+    return prelogin
+
+
+async def _read_header(wire: _Wire) -> tuple[int, int, int]:
     try:
-        raw = await reader.readexactly(TDS_HEADER.size)
+        raw = await wire.read_exactly(TDS_HEADER.size)
     except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
         partial = exc.partial if isinstance(exc, asyncio.IncompleteReadError) else b""
         if partial:
@@ -361,11 +657,14 @@ async def run_browser(
     return context.ok(detail)
 
 
-def _login(deadline: Deadline, host: str, port: int, user: str, password: str) -> str:
+def _login(
+    deadline: Deadline, host: str, port: int, user: str, password: str, *, encryption: str | None
+) -> str:
     """Log in with pymssql and return `SELECT @@VERSION` (runs on the blocking pool).
 
     pymssql takes whole seconds: the timeouts are rounded up, so the worker returns at most a
-    second after the check's deadline.
+    second after the check's deadline. `encryption="require"` makes FreeTDS refuse a login in
+    clear text; FreeTDS verifies no certificate either way (the check's own handshake does).
     """
     import pymssql  # noqa: PLC0415 - imported on the pool's thread, and only when a login is set
 
@@ -378,6 +677,7 @@ def _login(deadline: Deadline, host: str, port: int, user: str, password: str) -
         login_timeout=seconds,
         timeout=seconds,
         appname="certero-flow-exporter",
+        encryption=encryption,
     )
     try:
         cursor = connection.cursor()

@@ -5,18 +5,35 @@ another version, driven through DB-API) log in, fail with 18456, list the Browse
 and resolve a named instance through it; nmap's `ms-sql-info` (nselib/mssql.lua, Lua code of its
 own) finds the instance through the Browser and reads the version from the fake's PRELOGIN answer.
 A fake only our own check talked to would prove nothing.
+
+TLS inside TDS: tsql (GnuTLS) and pymssql (OpenSSL) with encryption requested or required make
+the handshake inside PRELOGIN packets and log in with LOGIN7 inside TLS (or only LOGIN7 inside
+TLS when the answer is ENCRYPT_OFF); pymssql's FreeTDS 1.5 in TDS 8.0 strict mode (set through
+freetds.conf, which pymssql's own `encryption` argument does not offer) logs in over TLS with
+ALPN tds/8.0 and, verifying certificates in that mode, rejects the expired one as the check does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import sys
 from pathlib import Path
 
 import pymssql
 import pytest
 
-from tests.fakes.tds import SERVER_NAME, VERSION_TEXT, browser, tds_server
+from tests.fakes.tds import (
+    ENCRYPT_NOT_SUP,
+    ENCRYPT_OFF,
+    ENCRYPT_ON,
+    SERVER_NAME,
+    VERSION_TEXT,
+    TdsFake,
+    browser,
+    tds_server,
+)
+from tests.peers.pki import CertPair, Pki
 
 USER = "monitor"
 PASSWORD = "Corr3ct-Horse"
@@ -53,9 +70,14 @@ async def _tsql(
     return await _run(TSQL, *args, stdin=stdin, env=env)
 
 
-def _pymssql_version(port: int, password: str) -> str:
+def _pymssql_version(port: int, password: str, encryption: str | None = None) -> str:
     connection = pymssql.connect(
-        server="127.0.0.1", port=str(port), user=USER, password=password, login_timeout=5
+        server="127.0.0.1",
+        port=str(port),
+        user=USER,
+        password=password,
+        login_timeout=5,
+        encryption=encryption,
     )
     try:
         cursor = connection.cursor()
@@ -188,3 +210,140 @@ async def test_nmap_ms_sql_info_finds_the_instance_and_reads_its_version() -> No
     messages = [line.split("] ", 1)[1] for line in out.splitlines() if "[ms-sql-info " in line]
     retrieved = messages.index(f"Retrieved SSNetLib version for {address}\\SQLEXPRESS.")
     assert messages[retrieved - 1] == "brandedVersion: 2022, #lookup: 9"
+
+
+def _encrypting_conf(path: Path, port: int, encryption: str) -> dict[str, str]:
+    """A freetds.conf with one server entry `fakesql` and the environment that points at it."""
+    path.write_text(
+        f"[fakesql]\n\thost = 127.0.0.1\n\tport = {port}\n\ttds version = 7.4\n"
+        f"\tencryption = {encryption}\n",
+        encoding="utf-8",
+    )
+    return {"FREETDSCONF": str(path), "PATH": "/usr/bin:/bin"}
+
+
+async def test_tsql_with_encryption_required_logs_in_inside_tls(tmp_path: Path, pki: Pki) -> None:
+    """tsql (`encryption = require`) handshakes inside PRELOGIN, then logs in inside TLS."""
+    async with tds_server(USER, PASSWORD, encryption=ENCRYPT_ON, certificate=pki.valid) as fake:
+        env = _encrypting_conf(tmp_path / "freetds.conf", fake.port, "require")
+        code, out = await _tsql(
+            "-S",
+            "fakesql",
+            "-U",
+            USER,
+            "-P",
+            PASSWORD,
+            stdin=b"SELECT @@VERSION\ngo\nexit\n",
+            env=env,
+        )
+    assert code == 0, out
+    assert VERSION_TEXT in out
+    assert fake.client_encryption == [ENCRYPT_ON]
+    assert fake.handshakes == ["TLSv1.2"]
+    assert fake.encrypted_logins == [True]
+    assert fake.logins == [(USER, True)]
+
+
+async def test_tsql_with_encryption_required_gets_18456_inside_tls(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """A wrong password inside TLS: tsql prints the fake's 18456, read through TLS records."""
+    async with tds_server(USER, PASSWORD, encryption=ENCRYPT_ON, certificate=pki.valid) as fake:
+        env = _encrypting_conf(tmp_path / "freetds.conf", fake.port, "require")
+        code, out = await _tsql(
+            "-S", "fakesql", "-U", USER, "-P", "wrong", stdin=b"exit\n", env=env
+        )
+    assert code != 0
+    assert f"Msg 18456 (severity 14, state 1) from {SERVER_NAME}" in out
+    assert fake.encrypted_logins == [True]
+    assert fake.logins == [(USER, False)]
+
+
+async def test_tsql_requiring_encryption_leaves_a_server_without_it(
+    tmp_path: Path,
+) -> None:
+    """The fake's ENCRYPT_NOT_SUP answer makes tsql requiring encryption give up before LOGIN7."""
+    async with tds_server(USER, PASSWORD) as fake:
+        env = _encrypting_conf(tmp_path / "freetds.conf", fake.port, "require")
+        code, out = await _tsql(
+            "-S", "fakesql", "-U", USER, "-P", PASSWORD, stdin=b"exit\n", env=env
+        )
+    assert code != 0
+    assert "Adaptive Server connection failed" in out
+    assert fake.client_encryption == [ENCRYPT_ON]
+    assert fake.logins == []
+
+
+@pytest.mark.parametrize(
+    ("server", "encryption", "client_sends", "encrypted_login"),
+    [
+        (ENCRYPT_OFF, "request", ENCRYPT_OFF, True),  # the answer ENCRYPT_OFF: LOGIN7 only
+        (ENCRYPT_ON, "require", ENCRYPT_ON, True),  # the whole connection
+        (ENCRYPT_OFF, "off", ENCRYPT_NOT_SUP, False),  # no TLS at all
+    ],
+)
+async def test_pymssql_logs_in_through_each_encryption_mode(
+    pki: Pki, server: int, encryption: str, client_sends: int, encrypted_login: bool
+) -> None:
+    """pymssql's OpenSSL FreeTDS logs in through login-only, full and no encryption alike."""
+    async with tds_server(USER, PASSWORD, encryption=server, certificate=pki.valid) as fake:
+        version = await asyncio.to_thread(_pymssql_version, fake.port, PASSWORD, encryption)
+    assert version == VERSION_TEXT
+    assert fake.client_encryption == [client_sends]
+    assert fake.handshakes == (["TLSv1.2"] if encrypted_login else [])
+    assert fake.encrypted_logins == [encrypted_login]
+
+
+async def test_pymssql_refused_by_a_server_forcing_encryption(pki: Pki) -> None:
+    """A client that cannot encrypt (ENCRYPT_NOT_SUP) is turned away by a forcing server.
+
+    The error number is not asserted: pymssql reports the last FreeTDS message of its thread,
+    which may be an earlier test's.
+    """
+    async with tds_server(USER, PASSWORD, encryption=ENCRYPT_ON, certificate=pki.valid) as fake:
+        with pytest.raises(pymssql.OperationalError):
+            await asyncio.to_thread(_pymssql_version, fake.port, PASSWORD, "off")
+    assert fake.client_encryption == [ENCRYPT_NOT_SUP]
+    assert fake.handshakes == []
+    assert fake.logins == []
+
+
+async def _pymssql_strict(
+    tmp_path: Path, pki: Pki, certificate: CertPair
+) -> tuple[int, str, TdsFake]:
+    """pymssql in a process of its own with freetds.conf saying `encryption = strict`."""
+    conf = tmp_path / "freetds.conf"
+    conf.write_text(
+        f"[global]\n\tencryption = strict\n\tca file = {pki.ca_cert}\n", encoding="utf-8"
+    )
+    async with tds_server(USER, PASSWORD, certificate=certificate, strict=True) as fake:
+        script = (
+            "import pymssql\n"
+            f"c = pymssql.connect(server='127.0.0.1', port='{fake.port}', user='{USER}',"
+            f" password='{PASSWORD}', login_timeout=5)\n"
+            "cursor = c.cursor()\ncursor.execute('SELECT @@VERSION')\nprint(cursor.fetchone()[0])\n"
+        )
+        code, out = await _run(
+            sys.executable, "-c", script, env={"FREETDSCONF": str(conf), "PATH": "/usr/bin:/bin"}
+        )
+    return code, out, fake
+
+
+async def test_pymssql_strict_logs_in_over_tds8(tmp_path: Path, pki: Pki) -> None:
+    """FreeTDS 1.5 strict: TLS with ALPN tds/8.0 first, pre-login and login inside it."""
+    code, out, fake = await _pymssql_strict(tmp_path, pki, pki.valid)
+    assert code == 0, out
+    assert VERSION_TEXT in out
+    assert fake.alpn == ["tds/8.0"]
+    assert fake.handshakes == ["TLSv1.3"]
+    assert fake.encrypted_logins == [True]
+    assert fake.logins == [(USER, True)]
+
+
+async def test_pymssql_strict_rejects_the_expired_certificate(tmp_path: Path, pki: Pki) -> None:
+    """FreeTDS verifies in strict mode: the expired certificate ends it before any pre-login."""
+    code, out, fake = await _pymssql_strict(tmp_path, pki, pki.expired)
+    assert code != 0
+    assert "20002" in out
+    assert fake.client_encryption == []
+    assert fake.logins == []
