@@ -259,7 +259,7 @@ def parse_node_status(data: bytes, transaction_id: int, request: bytes = b"") ->
     mismatch, a non-zero RCODE a service error.
     """
     if len(data) < NS_HEADER.size:
-        raise _mismatch(f"{len(data)} bytes, shorter than the 12-byte header")
+        raise _mismatch(f"a {len(data)}-byte datagram, shorter than the 12-byte header")
     answer_id, flags, _, answers, _, _ = NS_HEADER.unpack_from(data)
     if request and data == request:
         raise _mismatch("the request came back unchanged (an echo service?)")
