@@ -5,11 +5,13 @@ PYTHON ?= python3
 APT_PACKAGES = openssh-server nginx prometheus iptables nftables iproute2 iputils-ping openssl ca-certificates \
 	slapd ldap-utils \
 	freetds-bin \
+	samba smbclient samba-common-bin \
 	derby-tools libderby-java libderbyclient-java default-jre-headless \
 	nmap
 APT_BINARIES = /usr/sbin/sshd /usr/sbin/nginx /usr/bin/prometheus /usr/bin/promtool /usr/sbin/iptables-nft /usr/sbin/nft /usr/bin/ping /usr/bin/openssl \
 	/usr/sbin/slapd /usr/bin/ldapwhoami \
 	/usr/bin/tsql \
+	/usr/sbin/smbd /usr/sbin/nmbd /usr/libexec/samba/samba-dcerpcd /usr/bin/smbclient /usr/bin/nmblookup /usr/bin/smbpasswd \
 	/usr/bin/ij /usr/bin/java \
 	/usr/bin/nmap
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from exporter.checks import db2, https, icmp, ldap, mssql, oracle_tns, ssh, tcp, tls
+from exporter.checks import db2, https, icmp, ldap, mssql, netbios, oracle_tns, ssh, tcp, tls
 from exporter.checks.base import AnyCheckSpec, CheckContext, CheckSettings, CheckSpec, Target
 
 CHECKS: Mapping[str, AnyCheckSpec] = {
@@ -22,6 +22,8 @@ CHECKS: Mapping[str, AnyCheckSpec] = {
         ssh.SPEC,
         mssql.SPEC,
         mssql.BROWSER_SPEC,
+        netbios.NS_SPEC,
+        netbios.SSN_SPEC,
         db2.SPEC,
         oracle_tns.SPEC,
         ldap.LDAP_SPEC,

@@ -124,15 +124,20 @@ class IsolatedHost:
         *,
         stdout: _Stream = subprocess.DEVNULL,
         stderr: _Stream = subprocess.DEVNULL,
+        new_session: bool = True,
     ) -> subprocess.Popen[bytes]:
-        """Start a process inside the namespace; it is stopped when the namespace is torn down."""
+        """Start a process inside the namespace; it is stopped when the namespace is torn down.
+
+        `new_session=False` is for daemons that call setsid() themselves (smbd, nmbd): that
+        fails in a process that already leads a session, and they refuse to start.
+        """
         # `ip netns exec` execs the command, so the PID is the process itself
         proc = subprocess.Popen(
             [IP, "netns", "exec", self.name, *argv],
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,
-            start_new_session=True,
+            start_new_session=new_session,
         )
         self._procs.append(proc)
         return proc
@@ -189,6 +194,20 @@ class IsolatedHost:
             "--reject-with",
             reject_with,
         )
+
+    @contextlib.contextmanager
+    def dropping(self, protocol: str, port: int) -> Iterator[None]:
+        """Silently drop `protocol` ("tcp"/"udp") to `port` while the block runs, then stop.
+
+        For a namespace that outlives the test (a session's daemons): the rule goes first in
+        INPUT and is deleted on exit, whatever the test did, so later tests see the port open.
+        """
+        rule = ["INPUT", "-p", protocol, "--dport", str(port), "-j", "DROP"]
+        self.iptables("-I", *rule)
+        try:
+            yield
+        finally:
+            self.iptables("-D", *rule)
 
     def drop_all_tcp_to(self, port: int) -> None:
         """Silently drop TCP to `port`, so connects time out."""

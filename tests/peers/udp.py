@@ -1,7 +1,8 @@
 """Tiny UDP peers on loopback, served by the test's own event loop.
 
-A peer answers each datagram through a function (echo, an oversized reply, or nothing at all)
-and keeps every datagram it received, so a test can count the requests a check really sent.
+A peer answers each datagram through a function (echo, an oversized reply, several datagrams
+in a row, or nothing at all) and keeps every datagram it received, so a test can count the
+requests a check really sent.
 Leaving the context closes the socket; nothing outlives the test.
 """
 
@@ -13,7 +14,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-Answer = Callable[[bytes], bytes | None]  # the reply to one datagram; None: stay silent
+# The reply to one datagram: one datagram, several sent in order (a duplicate, a stray one
+# before the right one), or None to stay silent.
+Answer = Callable[[bytes], bytes | list[bytes] | None]
 
 
 @dataclass
@@ -38,8 +41,10 @@ class _Answerer(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.peer.received.append(data)
         reply = self.answer(data)
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply, addr)
+        if reply is None or self.transport is None:
+            return
+        for datagram in [reply] if isinstance(reply, bytes) else reply:
+            self.transport.sendto(datagram, addr)
 
 
 def echo(data: bytes) -> bytes:
