@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -176,6 +179,72 @@ async def test_host_prohibited_reject_is_unreachable(isolated_host: IsolatedHost
             "(from a router or firewall)"
         )
     assert all(result.result is Result.OK for result in results[3:])
+
+
+def _add_ipv6(host: IsolatedHost) -> tuple[str, str]:
+    """Give both ends of the namespace's veth pair a random ULA /126 (RFC 4193); return
+    (root side, namespace side). The links are named after the namespace (tests/peers/netns.py)
+    and go away with it."""
+    bits = secrets.token_hex(5)
+    prefix = f"fd{bits[:2]}:{bits[2:6]}:{bits[6:]}::"
+    root_side, namespace_side = (str(ipaddress.ip_address(f"{prefix}{n}")) for n in (1, 2))
+    subprocess.run(
+        ["ip", "-6", "addr", "add", f"{root_side}/126", "dev", f"{host.name}r", "nodad"],
+        check=True,
+    )
+    host.run(["ip", "-6", "addr", "add", f"{namespace_side}/126", "dev", f"{host.name}n", "nodad"])
+    return root_side, namespace_side
+
+
+async def test_ipv6_admin_prohibited_is_unreachable(isolated_host: IsolatedHost) -> None:
+    """An ICMPv6 admin-prohibited reject is matched through the IPv6 header it quotes."""
+    _, peer = _add_ipv6(isolated_host)
+    assert (await _icmp(peer)).result is Result.OK
+    isolated_host.run(["nft", "add", "table", "inet", "cfe6"])
+    isolated_host.run(
+        ["nft", "add", "chain", "inet", "cfe6", "input", "{ type filter hook input priority 0; }"]
+    )
+    isolated_host.run(
+        [
+            *("nft", "add", "rule", "inet", "cfe6", "input", "icmpv6", "type", "echo-request"),
+            *("reject", "with", "icmpv6", "type", "admin-prohibited"),
+        ]
+    )
+    result = await _icmp(peer)
+    assert result.result is Result.UNREACHABLE
+    assert result.detail == (
+        f"ICMP communication administratively prohibited, sent by {peer} "
+        "(from a router or firewall)"
+    )
+
+
+class _SendBlocksOnce:
+    """A socket whose first send finds the send buffer full (EAGAIN), as a busy NIC's would."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.refused = 0
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
+        if not self.refused:
+            self.refused += 1
+            raise BlockingIOError(errno.EAGAIN, "send buffer full")
+        return self._sock.sendto(data, address)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+async def test_full_send_buffer_waits_until_writable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send refused with EAGAIN waits for the socket to drain and then goes out."""
+    assert (await _icmp("127.0.0.1")).result is Result.OK
+    endpoint = endpoint_of(asyncio.get_running_loop(), socket.AF_INET, raw=True)
+    assert endpoint is not None
+    blocking = _SendBlocksOnce(endpoint.sock)
+    monkeypatch.setattr(endpoint, "sock", blocking)
+    results = await asyncio.gather(*(_icmp(host) for host in _loopback_addresses(20)))
+    assert blocking.refused == 1
+    assert [result.result for result in results] == [Result.OK] * 20
 
 
 async def test_cancelled_check_removes_its_entry(isolated_host: IsolatedHost) -> None:
