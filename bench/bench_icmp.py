@@ -10,14 +10,21 @@ per cell, in a fresh event loop per cell:
 - `per-check`: a compact copy of the check as it was before (icmplib's asyncio socket): each
   run opens its own raw socket, sends one request and reads packets with
   `wait_for(loop.sock_recv(...))` until one carries its identifier and sequence number. Every
-  raw socket receives a copy of every ICMP packet, so N runs in flight read N packets each.
+  raw socket receives a copy of every ICMP packet: the kernel copies each packet to every
+  socket open, and a run reads the copies queued before its own reply. Over loopback the reply
+  arrives within `sendto`, so most of that N² cost is the kernel's (system CPU); over a real
+  network each run would also read, in Python, every reply that arrives during its wait.
 
 Reported per cell: echoes ok (the rest timed out: a raw socket's receive buffer overflowed),
-wall time, CPU-s (user + sys of this process, `getrusage`) per 1,000 echoes, and the most ICMP
-sockets this process held at once. All traffic goes to 127.0.0.0/8; every loop is bounded in
-count (`--echoes`) and in time (the check timeout, and `CELL_DEADLINE_S` per cell).
+wall time, CPU-s (user + sys of this process, `getrusage`) per 1,000 echoes, the most ICMP
+sockets this process held at once, and the round-trip times the checks reported (the true
+loopback RTT is a few microseconds; the rest is time the reply waited for the event loop).
+Each cell runs `--runs` times, the two approaches alternating. All traffic goes to
+127.0.0.0/8; every loop is bounded in count (`--echoes`) and in time (the check timeout, and
+`CELL_DEADLINE_S` per cell).
 
-    .venv/bin/python bench/bench_icmp.py [--echoes 2000] [--concurrency 100 1000] [--loop uvloop]
+    .venv/bin/python bench/bench_icmp.py [--echoes 5000] [--concurrency 100 1000] [--runs 3]
+                                         [--loop uvloop|asyncio]
 """
 
 from __future__ import annotations
@@ -96,6 +103,7 @@ class Cell:
     user_s: float
     system_s: float
     most_sockets: int
+    rtts_ms: list[float]
 
     def per_thousand(self, seconds: float) -> float:
         """CPU-s per 1,000 echoes."""
@@ -141,12 +149,15 @@ async def measure(
     hosts = [f"127.78.{n // 250}.{n % 250 + 1}" for n in range(echoes)]
     queue = iter(hosts)
     results: Counter[str] = Counter()
+    rtts_ms: list[float] = []
     most_sockets = 0
 
     async def worker() -> None:
         for host in queue:  # the shared iterator hands each host to one worker
             outcome = await run_check(spec, Target(host), RAW, CHECK_TIMEOUT_S)
             results[outcome.result.result.value] += 1
+            if outcome.result.ok:  # "echo reply from HOST in 0.05 ms ..."
+                rtts_ms.append(float(outcome.result.detail.split(" in ")[1].split(" ms")[0]))
 
     sampler_user = sampler_system = 0.0
 
@@ -175,7 +186,7 @@ async def measure(
         task.cancel()
     if pending:
         results["unfinished (cell deadline)"] += echoes - sum(results.values())
-    return Cell(approach, concurrency, echoes, results, wall, user, system, most_sockets)
+    return Cell(approach, concurrency, echoes, results, wall, user, system, most_sockets, rtts_ms)
 
 
 def run_cell(
@@ -198,6 +209,8 @@ def row(cells: list[Cell]) -> str:
     ok = results.get(Result.OK.value, 0)
     others = ", ".join(f"{kind} {count}" for kind, count in results.items() if kind != "ok")
     each = ", ".join(f"{cell.cpu_per_thousand:.3f}" for cell in cells)
+    rtts = [rtt for cell in cells for rtt in cell.rtts_ms] or [float("nan")] * 2
+    quantiles = statistics.quantiles(rtts, n=100) if len(rtts) > 1 else rtts * 99
     return (
         f"| {first.concurrency} | {first.approach} | {ok}/{total}"
         f"{f' ({others})' if others else ''} "
@@ -205,7 +218,8 @@ def row(cells: list[Cell]) -> str:
         f"| **{statistics.median(cell.cpu_per_thousand for cell in cells):.3f}** ({each}) "
         f"| {statistics.median(cell.per_thousand(cell.user_s) for cell in cells):.3f} "
         f"| {statistics.median(cell.per_thousand(cell.system_s) for cell in cells):.3f} "
-        f"| {max(cell.most_sockets for cell in cells)} |"
+        f"| {max(cell.most_sockets for cell in cells)} "
+        f"| {statistics.median(rtts):.2f} / {quantiles[98]:.2f} |"
     )
 
 
@@ -230,9 +244,9 @@ def main() -> None:
     )
     print(
         "| concurrency | approach | ok | wall s | CPU-s per 1,000 echoes | of it user "
-        "| of it system | ICMP sockets held |"
+        "| of it system | ICMP sockets held | reported RTT p50 / p99 ms |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     cells: dict[tuple[int, str], list[Cell]] = {}
     for concurrency in args.concurrency:
         for _ in range(args.runs):  # the approaches alternate, so drift hits both alike

@@ -7,6 +7,10 @@ packet by a reader registered with the loop (`loop.add_reader`); it parses the p
 the one run waiting for it, found in a table of outstanding requests keyed by the ICMP echo
 sequence number (RFC 792 "Echo or Echo Reply Message", RFC 4443 4.1 and 4.2).
 
+Timing. The send time is taken just before `sendto`; on Linux the receive time is the kernel's
+stamp on the packet (SO_TIMESTAMPNS), so a reply that waited in the socket while the loop ran
+other checks is not reported as a slower network.
+
 Socket kinds. An unprivileged "ping socket" (SOCK_DGRAM with IPPROTO_ICMP/ICMPV6, allowed by
 `net.ipv4.ping_group_range`) is tried first and a raw socket (root or CAP_NET_RAW) second; the
 kind that worked is remembered per family and named in the detail. The kernel sets a ping
@@ -15,7 +19,9 @@ sequence numbers are allocated uniquely per socket. A raw socket sends a random 
 its own, and a reply must carry it. A raw socket also sees ICMP errors: "destination
 unreachable" and "time exceeded" are matched to the request through the original header they
 quote (RFC 792; RFC 4443 3.1, 3.3), so a firewall's reject is told apart from silence. A ping
-socket is never handed those errors, so there a reject looks like silence.
+socket is never handed those errors, so there a reject looks like silence. Windows has raw
+sockets only, and its default (proactor) event loop watches no sockets: there a task awaits
+each packet (`loop.sock_recvfrom`) instead of the loop reader, and every mode uses a raw socket.
 
 Matching. A reply counts only if its sequence number is outstanding, it comes from the address
 the request went to and it carries the request's data unchanged; anything else (another
@@ -37,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import random
 import socket
@@ -58,15 +65,27 @@ logger = logging.getLogger(__name__)
 
 MAX_OUTSTANDING = 65_536  # every 16-bit sequence number of one socket
 IDLE_CLOSE_SECONDS = 10.0  # an idle raw socket would still be handed every ICMP packet
-RECEIVE_BYTES = 2048  # the longest packet that can answer a request: IP header + 8 + 1400
+RECEIVE_BYTES = 2048  # more than any answer to a request: IP header 60 + ICMP 8 + data 1400
 PACKETS_PER_WAKEUP = 256  # then the loop runs other work; the reader is called again
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # a burst of thousands of replies fits
+MAX_READ_ERRORS = 100  # in a row, on a loop without add_reader: then the socket is replaced
 _SOL_RAW = 255  # Linux linux/socket.h; Python's socket module does not name it
 _ICMP_FILTER = 1  # linux/icmp.h: a bit set per ICMPv4 type to drop
 _ICMP6_FILTER = 1  # linux/icmpv6.h: a 256-bit map of ICMPv6 types to drop
 _ECHO_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
 _IDENTIFIER_SEQUENCE = struct.Struct("!HH")
-_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EPROTONOSUPPORT})
+_CLOSED = "the shared ICMP socket was closed while the check waited"
+# Winsock reports a missing privilege as WSAEACCES (10013) in errno.
+_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EPROTONOSUPPORT, 10013})
+# Windows has no ping sockets; as with icmplib there, every mode uses a raw socket.
+_PING_SOCKETS = sys.platform != "win32"
+# Linux: the kernel stamps each packet's arrival (SO_TIMESTAMPNS, asm-generic/socket.h; its
+# control message carries a struct timespec of two C longs).
+_KERNEL_TIMESTAMPS = sys.platform == "linux"
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@ll")
+_ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) if _KERNEL_TIMESTAMPS else 0
+_MAX_TIMESTAMP_AGE_SECONDS = 5.0
 _working_mode: dict[socket.AddressFamily, bool] = {}  # family → raw socket?
 
 
@@ -90,6 +109,7 @@ async def run(target: Target, settings: IcmpSettings, context: CheckContext) -> 
     for sent in range(settings.count):
         # Each echo gets an equal share of the time left, so one loss does not starve the rest.
         wait = context.remaining() / (settings.count - sent)
+        context.debug("echo request", address=address.ip, socket=endpoint.mode, echo=sent + 1)
         try:
             with context.phase(Phase.HANDSHAKE):
                 rtt = await endpoint.echo(address, payload, max(wait, 0.001))
@@ -111,6 +131,7 @@ async def run(target: Target, settings: IcmpSettings, context: CheckContext) -> 
     )
 
 
+@functools.lru_cache(maxsize=16)
 def echo_payload(size: int) -> bytes:
     """The data an echo request carries and its reply must return unchanged (RFC 792)."""
     return bytes(index & 0xFF for index in range(size))
@@ -188,13 +209,16 @@ ICMPV6 = IcmpVersion(
 )
 
 
+_Answer = float | CheckFailure | ExporterFault  # a round-trip time, or why there is none
+
+
 @dataclass(slots=True)
 class _Request:
     """One echo request waiting for its answer: a round-trip time or an ICMP error."""
 
     destination: bytes  # packed address, to check where the answer came from
     payload: bytes
-    waiter: asyncio.Future[float | CheckFailure]
+    waiter: asyncio.Future[_Answer]
     sent_at: float = 0.0
 
 
@@ -211,10 +235,13 @@ class IcmpEndpoint:
     version: IcmpVersion
     sock: socket.socket
     raw: bool
-    identifier: int = field(default_factory=lambda: random.randrange(0x10000))  # noqa: S311 - not a secret, only unlikely to clash
+    # A raw socket's identifier: not a secret, only unlikely to be another process's.
+    identifier: int = field(default_factory=lambda: random.randrange(0x10000))  # noqa: S311
     outstanding: dict[int, _Request] = field(default_factory=dict)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     _next_sequence: int = field(default_factory=lambda: random.randrange(0x10000))  # noqa: S311
+    reads_by_task: bool = False  # the loop watches no sockets: a task awaits each packet
+    _reader_task: asyncio.Task[None] | None = None
     _idle_handle: asyncio.TimerHandle | None = None
     _send_waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
@@ -224,8 +251,19 @@ class IcmpEndpoint:
         return "raw" if self.raw else "ping"
 
     def start(self) -> None:
-        """Register the reader with the loop; the socket is ready for requests afterwards."""
-        self.loop.add_reader(self.sock.fileno(), self._read_packets)
+        """Register the reader with the loop; the socket is ready for requests afterwards.
+
+        A loop that watches no sockets (Windows' proactor loop has no `add_reader`) gets a
+        reader task instead, started by the first send: Windows refuses to receive on a raw
+        socket that is not bound yet, and a send binds it.
+        """
+        if _KERNEL_TIMESTAMPS:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        try:
+            self.loop.add_reader(self.sock.fileno(), self._read_packets)
+        except NotImplementedError:
+            self.reads_by_task = True
 
     async def echo(self, address: ResolvedAddress, payload: bytes, wait_seconds: float) -> float:
         """Send one echo request and return its round-trip time in seconds.
@@ -234,7 +272,7 @@ class IcmpEndpoint:
         `unreachable` when a router or firewall sends an ICMP error back (raw sockets only).
         """
         if self.sock.fileno() < 0:
-            raise ExporterFault("the shared ICMP socket was closed while the check ran")
+            raise ExporterFault(_CLOSED)
         sequence = self._allocate_sequence()
         request = _Request(
             destination=_packed(self.version.family, address.ip),
@@ -247,8 +285,9 @@ class IcmpEndpoint:
             self._idle_handle = None
         try:
             async with asyncio.timeout(wait_seconds):
-                await self._send(self._echo_request(sequence, payload), address.sockaddr)
-                request.sent_at = time.perf_counter()
+                await self._send(self._echo_request(sequence, payload), address.sockaddr, request)
+                if self.reads_by_task and self._reader_task is None:
+                    self._reader_task = self.loop.create_task(self._read_by_task())
                 answer = await request.waiter
         except TimeoutError as exc:
             raise CheckFailure(Result.TIMEOUT, f"no echo reply from {address.ip}") from exc
@@ -257,7 +296,7 @@ class IcmpEndpoint:
                 del self.outstanding[sequence]
             if not self.outstanding and self.sock.fileno() >= 0:
                 self._idle_handle = self.loop.call_later(IDLE_CLOSE_SECONDS, self._close_if_idle)
-        if isinstance(answer, CheckFailure):
+        if isinstance(answer, Exception):
             raise answer
         return answer
 
@@ -287,12 +326,18 @@ class IcmpEndpoint:
         checksum = icmp_checksum(header + payload)
         return header[:2] + checksum.to_bytes(2, "big") + header[4:] + payload
 
-    async def _send(self, packet: bytes, sockaddr: tuple[str, int]) -> None:
-        """Send without blocking the loop; a full send buffer waits until it drains.
+    async def _send(self, packet: bytes, sockaddr: tuple[str, int], request: _Request) -> None:
+        """Send without blocking the loop, recording the send time in `request`.
 
-        Waiters are queued here because the loop keeps one writer callback per descriptor.
+        The time is taken just before the call: over loopback the reply arrives, and is
+        stamped by the kernel, before `sendto` returns. A full send buffer waits until it
+        drains; waiters are queued here because the loop keeps one writer callback per
+        descriptor.
         """
         for _ in range(1000):  # each round waits for the buffer to drain; the timeout ends it
+            if self.sock.fileno() < 0:
+                raise ExporterFault(_CLOSED)
+            request.sent_at = time.perf_counter()
             try:
                 self.sock.sendto(packet, sockaddr)
             except (BlockingIOError, InterruptedError):
@@ -304,6 +349,10 @@ class IcmpEndpoint:
                     Result.UNREACHABLE, f"cannot send echo request: {exc.strerror or exc}"
                 ) from exc
             else:
+                return
+            if self.reads_by_task:  # the loop watches no sockets, but sends asynchronously
+                request.sent_at = time.perf_counter()
+                await self.loop.sock_sendto(self.sock, packet, sockaddr)
                 return
             writable = self.loop.create_future()
             if not self._send_waiters:
@@ -320,16 +369,43 @@ class IcmpEndpoint:
                 waiter.set_result(None)
 
     def _read_packets(self) -> None:
-        """Drain what the socket holds, a bounded number of packets per wake-up."""
+        """Drain what the socket holds, a bounded number of packets per wake-up.
+
+        On Linux each packet carries the kernel's receive time (SO_TIMESTAMPNS), so the time it
+        waited in the socket while the loop ran other work does not count as round-trip time.
+        """
         for _ in range(PACKETS_PER_WAKEUP):
             try:
-                data, source = self.sock.recvfrom(RECEIVE_BYTES)
+                if _KERNEL_TIMESTAMPS:
+                    data, ancillary, _, source = self.sock.recvmsg(RECEIVE_BYTES, _ANCILLARY_BYTES)
+                else:
+                    data, source = self.sock.recvfrom(RECEIVE_BYTES)
+                    ancillary = []
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # a pending socket error; reported once, the next read goes on
                 logger.debug("ICMP socket error family=%s error=%s", self.version.name, exc)
                 return
+            self.handle_packet(data, str(source[0]), _received_at(ancillary))
+
+    async def _read_by_task(self) -> None:
+        """Await packets one by one, for loops without `add_reader`; ends with the socket.
+
+        After `MAX_READ_ERRORS` errors in a row the socket is closed, so that the next run
+        opens a fresh one rather than waiting on a socket that no longer reads.
+        """
+        errors = 0
+        while self.sock.fileno() >= 0 and errors < MAX_READ_ERRORS:
+            try:
+                data, source = await self.loop.sock_recvfrom(self.sock, RECEIVE_BYTES)
+            except OSError as exc:
+                errors += 1
+                logger.debug("ICMP socket error family=%s error=%s", self.version.name, exc)
+                continue
+            errors = 0
             self.handle_packet(data, str(source[0]), time.perf_counter())
+        self._reader_task = None
+        self.close()
 
     def handle_packet(self, data: bytes, source: str, received_at: float) -> None:
         """Resolve the request this packet answers; ignore it if it answers none of ours."""
@@ -371,7 +447,8 @@ class IcmpEndpoint:
             return
         if message[8:] != request.payload or self._packed_source(source) != request.destination:
             return
-        request.waiter.set_result(received_at - request.sent_at)
+        # the two clocks behind `received_at` may disagree by a few microseconds
+        request.waiter.set_result(max(received_at - request.sent_at, 0.0))
 
     def _error(self, message: bytes, kind: int, code: int, source: str) -> None:
         """Match an ICMP error by the echo request it quotes (RFC 792; RFC 4443 3.1, 3.3)."""
@@ -391,7 +468,10 @@ class IcmpEndpoint:
             reason = self.version.unreachable_reasons.get(code, f"destination unreachable {code}")
             detail = f"ICMP {reason}, sent by {source} (from a router or firewall)"
         else:
-            detail = f"ICMP time exceeded in transit, sent by {source} (a routing loop or TTL)"
+            detail = (
+                f"ICMP time exceeded in transit, sent by {source} "
+                "(from a router: the hop limit ran out, as in a routing loop)"
+            )
         request.waiter.set_result(CheckFailure(Result.UNREACHABLE, detail))
 
     def _packed_source(self, source: str) -> bytes | None:
@@ -408,8 +488,8 @@ class IcmpEndpoint:
     def close(self) -> None:
         """Unregister and close the socket.
 
-        Requests still waiting are cancelled: that happens only when the loop shuts down, after
-        its tasks were cancelled, since the idle close waits for an empty table.
+        Requests still waiting end `exporter_error`: the idle close waits for an empty table,
+        so that happens only when the loop shuts down or the socket stopped reading.
         """
         if self.sock.fileno() < 0:
             return
@@ -417,19 +497,41 @@ class IcmpEndpoint:
             self._idle_handle.cancel()
             self._idle_handle = None
         if not self.loop.is_closed():
-            self.loop.remove_reader(self.sock.fileno())
-            if self._send_waiters:
-                self.loop.remove_writer(self.sock.fileno())
-        for waiter in self._send_waiters:
-            waiter.cancel()
-        self._send_waiters = []
+            if self.reads_by_task:
+                if self._reader_task is not None:
+                    self._reader_task.cancel()
+            else:
+                self.loop.remove_reader(self.sock.fileno())
+                if self._send_waiters:
+                    self.loop.remove_writer(self.sock.fileno())
+        self._reader_task = None
+        waiters, self._send_waiters = self._send_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)  # the sender sees the closed socket and says so
         for request in self.outstanding.values():
             if not request.waiter.done():
-                request.waiter.cancel()
+                request.waiter.set_result(ExporterFault(_CLOSED))
         _forget(self)
         self.sock.close()
         self.closed.set()
         logger.debug("ICMP socket closed family=%s mode=%s", self.version.name, self.mode)
+
+
+def _received_at(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """When the packet arrived, on the `time.perf_counter` clock.
+
+    The kernel's timestamp is wall-clock time; only its age now is used, so a clock step
+    matters only if it falls within that age, and an age outside 0 to 5 s is not trusted.
+    """
+    now = time.perf_counter()
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            age: float = time.time() - (seconds + nanoseconds / 1e9)
+            if 0.0 <= age <= _MAX_TIMESTAMP_AGE_SECONDS:
+                return now - age
+    return now
 
 
 def _quoted_echo(version: IcmpVersion, quoted: bytes) -> tuple[bytes, int, int] | None:
@@ -479,7 +581,9 @@ async def shared_endpoint(family: socket.AddressFamily, wanted: str) -> IcmpEndp
     if entry is None:
         entry = await _watch_loop(loop)
     version = ICMPV6 if family == socket.AF_INET6 else ICMPV4
-    if wanted == "auto":
+    if not _PING_SOCKETS:
+        order = [True]
+    elif wanted == "auto":
         order = [_working_mode[family]] if family in _working_mode else [False, True]
     else:
         order = [wanted == "raw"]
@@ -494,11 +598,6 @@ async def shared_endpoint(family: socket.AddressFamily, wanted: str) -> IcmpEndp
         endpoint = IcmpEndpoint(loop=loop, version=version, sock=sock, raw=raw)
         try:
             endpoint.start()
-        except NotImplementedError as exc:  # Windows' proactor loop watches no sockets
-            sock.close()
-            raise ExporterFault(
-                "the ICMP check needs an event loop that watches sockets (loop.add_reader)"
-            ) from exc
         except BaseException:
             sock.close()
             raise

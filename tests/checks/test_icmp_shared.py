@@ -15,11 +15,13 @@ import json
 import os
 import secrets
 import socket
+import struct
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVarTuple
 
 import pytest
 import uvloop
@@ -30,6 +32,7 @@ from exporter.result import CheckResult, Result
 from exporter.runner import run_check
 from tests.peers.netns import IsolatedHost
 
+_Ts = TypeVarTuple("_Ts")
 CONCURRENT = 1000
 IPV6_CONCURRENT = 100
 RAW = IcmpSettings(privileged="raw")
@@ -222,17 +225,17 @@ class _SendBlocksOnce:
     """A socket whose first send finds the send buffer full (EAGAIN), as a busy NIC's would."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
+        self.sock = sock
         self.refused = 0
 
     def sendto(self, data: bytes, address: tuple[str, int]) -> int:
         if not self.refused:
             self.refused += 1
             raise BlockingIOError(errno.EAGAIN, "send buffer full")
-        return self._sock.sendto(data, address)
+        return self.sock.sendto(data, address)
 
     def __getattr__(self, name: str) -> object:
-        return getattr(self._sock, name)
+        return getattr(self.sock, name)
 
 
 async def test_full_send_buffer_waits_until_writable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -360,6 +363,44 @@ async def test_hostile_packets_are_ignored(isolated_host: IsolatedHost) -> None:
     assert result.detail.startswith(f"echo reply from {peer} in ")
 
 
+async def test_time_exceeded_is_matched_by_the_quoted_request(isolated_host: IsolatedHost) -> None:
+    """A time-exceeded error quoting the outstanding request ends it unreachable; one quoting
+    another identifier or destination is ignored (RFC 792: IP header + first 8 data bytes)."""
+    _nft_drop_echo(isolated_host)
+    loop = asyncio.get_running_loop()
+    peer, me, router = isolated_host.address, isolated_host.root_address, "127.0.0.9"
+    waiting = asyncio.ensure_future(_icmp(peer, timeout_seconds=30.0))
+
+    def one_outstanding() -> bool:
+        endpoint = endpoint_of(loop, socket.AF_INET, raw=True)
+        return endpoint is not None and len(endpoint.outstanding) == 1
+
+    await wait_until(one_outstanding, "the echo request was sent")
+    endpoint = endpoint_of(loop, socket.AF_INET, raw=True)
+    assert endpoint is not None
+    ((sequence, _),) = endpoint.outstanding.items()
+
+    def time_exceeded(identifier: int, destination: str) -> bytes:
+        quoted = _ip_header(me, destination, 28) + bytes([8, 0, 0, 0])
+        quoted += identifier.to_bytes(2, "big") + sequence.to_bytes(2, "big")
+        message = bytes([11, 0, 0, 0, 0, 0, 0, 0]) + quoted
+        checksum = icmp_checksum(message)
+        message = message[:2] + checksum.to_bytes(2, "big") + message[4:]
+        return _ip_header(router, me, 20 + len(message)) + message
+
+    endpoint.handle_packet(time_exceeded(endpoint.identifier ^ 1, peer), router, 0.0)
+    endpoint.handle_packet(time_exceeded(endpoint.identifier, router), router, 0.0)
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    endpoint.handle_packet(time_exceeded(endpoint.identifier, peer), router, 0.0)
+    result = await waiting
+    assert result.result is Result.UNREACHABLE
+    assert result.detail == (
+        f"ICMP time exceeded in transit, sent by {router} "
+        "(from a router: the hop limit ran out, as in a routing loop)"
+    )
+
+
 async def test_garbage_on_the_wire_does_not_disturb_checks() -> None:
     """Malformed ICMP sent to loopback through a second raw socket while checks run is ignored."""
     hosts = _loopback_addresses(100)
@@ -391,6 +432,55 @@ def test_socket_closes_with_its_loop(new_loop: Callable[[], asyncio.AbstractEven
     assert result.result is Result.OK
     assert endpoint.sock.fileno() == -1
     assert endpoint_of(endpoint.loop, socket.AF_INET, raw=True) is None
+
+
+class _LoopWatchingNoSockets(asyncio.SelectorEventLoop):
+    """An event loop that, like Windows' proactor loop, cannot watch a socket for readiness."""
+
+    def add_reader(self, fd: object, callback: Callable[[*_Ts], Any], *args: *_Ts) -> None:
+        raise NotImplementedError
+
+    def add_writer(self, fd: object, callback: Callable[[*_Ts], Any], *args: *_Ts) -> None:
+        raise NotImplementedError
+
+
+def test_loop_without_add_reader_reads_by_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a loop without `add_reader` a task reads the shared socket: echoes succeed, a full
+    send buffer is waited out, and the socket closes with the loop."""
+
+    async def scenario() -> tuple[list[CheckResult], icmp.IcmpEndpoint]:
+        results = list(await asyncio.gather(*(_icmp(host) for host in _loopback_addresses(100))))
+        endpoint = endpoint_of(asyncio.get_running_loop(), socket.AF_INET, raw=True)
+        assert endpoint is not None
+        blocking = _SendBlocksOnce(endpoint.sock)
+        monkeypatch.setattr(endpoint, "sock", blocking)
+        results += await asyncio.gather(*(_icmp(host) for host in _loopback_addresses(20)))
+        assert blocking.refused == 1
+        return results, endpoint
+
+    with asyncio.Runner(loop_factory=_LoopWatchingNoSockets) as runner:
+        results, endpoint = runner.run(scenario())
+    assert endpoint.reads_by_task
+    assert [result.result for result in results] == [Result.OK] * 120
+    assert endpoint.sock.fileno() == -1
+
+
+def test_kernel_receive_time_replaces_the_time_of_reading() -> None:
+    """A packet's kernel timestamp moves its arrival back by its age; an implausible stamp (a
+    wall-clock step) is ignored and the time of reading stands."""
+    level, kind = socket.SOL_SOCKET, 35  # SO_TIMESTAMPNS
+
+    def stamp(seconds_ago: float) -> list[tuple[int, int, bytes]]:
+        wall = time.time() - seconds_ago
+        return [(level, kind, struct.pack("@ll", int(wall), int(wall % 1 * 1e9)))]
+
+    before = time.perf_counter()
+    arrived = icmp._received_at(stamp(0.5))
+    after = time.perf_counter()
+    assert before - 0.6 < arrived < after - 0.4
+    before = time.perf_counter()
+    arrived = icmp._received_at(stamp(-60.0))  # a stamp from the future
+    assert before <= arrived <= time.perf_counter()
 
 
 @pytest.fixture
