@@ -465,6 +465,28 @@ def test_loop_without_add_reader_reads_by_task(monkeypatch: pytest.MonkeyPatch) 
     assert endpoint.sock.fileno() == -1
 
 
+class _LoopFailingReads(_LoopWatchingNoSockets):
+    """A loop without `add_reader` whose socket reads all fail, as a broken socket's would."""
+
+    async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
+        raise OSError(errno.EIO, "input/output error")
+
+
+def test_socket_that_stops_reading_ends_waiting_runs() -> None:
+    """When the reader task gives up on a failing socket, the waiting run ends exporter_error
+    at once instead of timing out, and the socket is closed."""
+
+    async def scenario() -> tuple[CheckResult, icmp.IcmpEndpoint | None]:
+        result = await _icmp("127.0.0.1", timeout_seconds=30.0)
+        return result, endpoint_of(asyncio.get_running_loop(), socket.AF_INET, raw=True)
+
+    with asyncio.Runner(loop_factory=_LoopFailingReads) as runner:
+        result, endpoint = runner.run(scenario())
+    assert result.result is Result.EXPORTER_ERROR
+    assert result.detail == "not checked: the shared ICMP socket was closed while the check waited"
+    assert endpoint is None  # closed and forgotten: the next run opens a new one
+
+
 def test_kernel_receive_time_replaces_the_time_of_reading() -> None:
     """A packet's kernel timestamp moves its arrival back by its age; an implausible stamp (a
     wall-clock step) is ignored and the time of reading stands."""
