@@ -53,7 +53,7 @@ async def test_timeout_when_echo_dropped(isolated_host: IsolatedHost) -> None:
     isolated_host.drop_icmp_echo()
     result = await _icmp(isolated_host.address, timeout_seconds=SHORT_TIMEOUT_S)
     assert result.result is Result.TIMEOUT
-    # the run's deadline and icmplib's own receive timeout expire together; either may report
+    # the run's deadline and the echo's own wait expire together; either may report
     assert result.detail in {
         "no answer within 1s during handshake",
         f"no echo reply from {isolated_host.address}",
