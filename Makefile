@@ -4,11 +4,13 @@ PYTHON ?= python3
 # Real peers and tools the tests start themselves (see tests/peers/).
 APT_PACKAGES = openssh-server nginx prometheus iptables nftables iproute2 iputils-ping openssl ca-certificates \
 	slapd ldap-utils \
+	samba smbclient \
 	freetds-bin \
 	derby-tools libderby-java libderbyclient-java default-jre-headless \
 	nmap
 APT_BINARIES = /usr/sbin/sshd /usr/sbin/nginx /usr/bin/prometheus /usr/bin/promtool /usr/sbin/iptables-nft /usr/sbin/nft /usr/bin/ping /usr/bin/openssl \
 	/usr/sbin/slapd /usr/bin/ldapwhoami \
+	/usr/sbin/smbd /usr/bin/smbclient /usr/bin/smbpasswd \
 	/usr/bin/tsql \
 	/usr/bin/ij /usr/bin/java \
 	/usr/bin/nmap

@@ -16,8 +16,18 @@ from tests.peers import pki as peers_pki
 from tests.peers import slapd as peers_slapd
 from tests.peers import sshd as peers_sshd
 from tests.peers.derby import derby
+from tests.peers.samba_smb import samba_smb, samba_smb1_only
 
-__all__ = ["derby", "isolated_host", "nginx", "pki", "slapd", "sshd"]
+__all__ = [
+    "derby",
+    "isolated_host",
+    "nginx",
+    "pki",
+    "samba_smb",
+    "samba_smb1_only",
+    "slapd",
+    "sshd",
+]
 
 
 @pytest.fixture(scope="session")
