@@ -18,8 +18,10 @@ Steps and phases:
 
 Why two implementations. The unauthenticated exchange is written here, on asyncio, because
 every sweep runs it against every endpoint: it must not take a worker thread per host, and
-neither library stops after the challenge (impacket's and smbprotocol's logins always send the
-AUTHENTICATE message, an anonymous logon on the server). The login is NTLMv2 with session keys,
+impacket's and smbprotocol's logins never stop after the challenge (they always send the
+AUTHENTICATE message, an anonymous logon on the server). aiosmb's `fake_login` does stop there,
+on asyncio, but brings its author's own authentication, socket and crypto packages for what
+is two request/response pairs here. The login is NTLMv2 with session keys,
 signing and, for 3.1.1, the pre-authentication hash: that is impacket's, on the exporter's
 blocking pool behind `_TreeConnect`, with the socket timeout taken from the deadline before each
 step. impacket rather than smbprotocol: impacket runs a request and its reply on the calling
@@ -51,7 +53,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from impacket import nmb, nt_errors
-from impacket.smbconnection import SessionError, SMBConnection
 from pydantic import Field, model_validator
 
 from exporter.blocking import Deadline
@@ -86,7 +87,6 @@ _SESSION_SETUP_REQUEST = struct.Struct("<HBBIIHHQ")
 _SESSION_SETUP_RESPONSE = struct.Struct("<HHHH")
 _SIGNING_ENABLED = 0x0001
 _SIGNING_REQUIRED = 0x0002
-_CAP_ENCRYPTION = 0x00000040
 
 DIALECTS: dict[int, str] = {
     0x0202: "2.0.2",
@@ -95,8 +95,6 @@ DIALECTS: dict[int, str] = {
     0x0302: "3.0.2",
     0x0311: "3.1.1",
 }
-_DIALECT_311 = 0x0311
-_DIALECT_WILDCARD = 0x02FF  # the answer to an SMB1 NEGOTIATE offering "SMB 2.???" only
 _PREAUTH_INTEGRITY_CAPABILITIES = 0x0001  # MS-SMB2 2.2.3.1.1
 _SHA_512 = 0x0001
 
@@ -609,7 +607,10 @@ def parse_ntlm_challenge(blob: bytes) -> NtlmChallenge:
     (flags,) = struct.unpack_from("<I", message, 20)
     info_length, _, info_offset = struct.unpack_from("<HHI", message, 40)
     version = None
-    if flags & _NTLM_NEGOTIATE_VERSION_FLAG and len(message) >= 56 and info_offset >= 56:
+    version_end = _NTLM_CHALLENGE_FIXED_BYTES + _NTLM_VERSION_BYTES
+    # VERSION sits before the payload: a target info starting earlier means there is none
+    version_fits = len(message) >= version_end and (not info_length or info_offset >= version_end)
+    if flags & _NTLM_NEGOTIATE_VERSION_FLAG and version_fits:
         major, minor, build = struct.unpack_from("<BBH", message, 48)
         version = (major, minor, build)
     names: dict[str, str] = {}
@@ -736,7 +737,14 @@ class _TreeConnect:
     negotiated: bool = False
 
     def run(self, deadline: Deadline, account: tuple[str, str], password: str) -> None:
-        """Log in (NTLM) and connect to the share; raise what the server refused."""
+        """Log in (NTLM) and connect to the share; raise what the server refused.
+
+        impacket's SMB client is imported here, on the first login: the import costs a quarter
+        of a second on a busy host, which every start of the exporter (`validate` included)
+        would pay, and a sweep without an account never needs it.
+        """
+        from impacket.smbconnection import SessionError, SMBConnection  # noqa: PLC0415 - see above
+
         user, domain = account
         port = self.target.port or 445
         self.connection = SMBConnection(
@@ -747,7 +755,10 @@ class _TreeConnect:
             manualNegotiate=True,  # no traffic yet: the socket is ours to close from here on
         )
         try:
-            self._negotiate()
+            try:
+                self._negotiate()
+            except SessionError as exc:
+                raise SmbStatusError("NEGOTIATE", exc.getErrorCode()) from None
             self.negotiated = True
             self.connection.setTimeout(deadline.timeout())
             try:
@@ -804,6 +815,7 @@ async def _discover(context: CheckContext, target: Target) -> tuple[Negotiated, 
                     raise smb1_only_failure(context) from exc
                 raise
             negotiated = parse_negotiate_response(answer)
+            context.peer = PeerInfo(product="SMB server", version=_protocol(negotiated))
             context.debug(
                 "negotiated",
                 dialect=negotiated.dialect_name,
@@ -873,16 +885,19 @@ def _refusal(exc: SmbStatusError) -> tuple[Result, str]:
             Result.SERVICE_ERROR,
             f"{exc.operation} failed: {status_name(exc.status)}: no such share",
         )
-    reason = (_SHARE_REFUSALS if share_refusal else _LOGON_REFUSALS).get(exc.status)
+    reasons: dict[int, str] = {}
+    if share_refusal:
+        reasons = _SHARE_REFUSALS
+    elif exc.operation == "session setup":
+        reasons = _LOGON_REFUSALS
+    reason = reasons.get(exc.status)
     detail = f"{exc.operation} refused: {status_name(exc.status)}"
     if reason is None:
         return Result.SERVICE_ERROR, detail
     return Result.AUTH_FAILED, f"{detail}: {reason}"
 
 
-def classify(  # noqa: PLR0911 - a flat dispatch, most specific first
-    exc: BaseException, phase: Phase | None
-) -> tuple[Result, str] | None:
+def classify(exc: BaseException, phase: Phase | None) -> tuple[Result, str] | None:
     """NTSTATUS refusals, non-SMB peers and impacket's own errors → classes (None: not ours)."""
     if isinstance(exc, SmbStatusError):
         return _refusal(exc)
@@ -899,8 +914,6 @@ def classify(  # noqa: PLR0911 - a flat dispatch, most specific first
         return Result.TIMEOUT, f"no SMB answer{where}"
     if isinstance(exc, nmb.NetBIOSError):
         return Result.SERVICE_ERROR, f"connection closed by the server{where}"
-    if isinstance(exc, SessionError):  # impacket's NEGOTIATE on the login connection
-        return Result.SERVICE_ERROR, f"SMB error{where}: {status_name(exc.getErrorCode())}"
     return None
 
 
