@@ -124,6 +124,16 @@ async def test_wrong_password_is_auth_failed(pool: BlockingPool, samba_smb: Samb
     assert result.peer == PeerInfo("Samba", "SMB 3.1.1, signing required")
 
 
+async def test_guest_session_is_auth_failed(pool: BlockingPool, samba_smb: SambaSmb) -> None:
+    """An unknown user mapped to guest is not a login: auth_failed, no tree connect tried."""
+    settings = SmbSettings(username="nosuchuser", password=WRONG_PASSWORD)
+    result = await _check(pool, samba_smb.port, settings)
+    assert result.result is Result.AUTH_FAILED
+    assert result.detail == (
+        "session setup gave a guest session: the server did not accept the account"
+    )
+
+
 async def test_share_denied_is_auth_failed(pool: BlockingPool, samba_smb: SambaSmb) -> None:
     """A share the account may not use is auth_failed STATUS_ACCESS_DENIED."""
     result = await _check(pool, samba_smb.port, _account(samba_smb, share=DENIED_SHARE))

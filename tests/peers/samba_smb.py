@@ -11,6 +11,9 @@ Shares, standing in for what agent deployment meets on Windows:
 - `denied`: exists, but only for `nobody`: a tree connect as the test user is refused with
   STATUS_ACCESS_DENIED.
 
+`map to guest = Bad User` lets an unknown user in as guest, as some NAS boxes and old Windows
+hosts do: a login the check must not count as the account's.
+
 `server signing = mandatory` makes the NEGOTIATE answer say "signing required", as a domain
 controller and Windows Server 2025 do. `smb1_only=True` starts a server limited to NT LM 0.12
 (SMB1), the kind of old host the check must name rather than call broken.
@@ -75,7 +78,7 @@ def _config(directory: Path, port: int, *, smb1_only: bool) -> str:
   server string = flow-test samba
   server role = standalone server
   security = user
-  map to guest = Never
+  map to guest = Bad User
   server signing = mandatory
 {protocols}  passdb backend = tdbsam:{directory}/private/passdb.tdb
   lock directory = {directory}/lock
