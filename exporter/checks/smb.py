@@ -178,6 +178,7 @@ _WINDOWS_10_BUILDS: dict[int, str] = {
     22631: "Windows 11 23H2",
     26100: "Windows 11 24H2/Server 2025",
 }
+_FIRST_WINDOWS_11_BUILD = 22000  # later unlisted 10.0 builds are Windows 11 or Server 2025+
 _SAMBA_VERSION = (6, 1, 0)
 
 # NTSTATUS codes of a refused login: fix the account or its password.
@@ -294,7 +295,7 @@ class NtlmChallenge:
             return f"non-Windows SMB server (NTLM version {major}.{minor})"
         if (major, minor) == (10, 0) and build in _WINDOWS_10_BUILDS:
             family = _WINDOWS_10_BUILDS[build]
-        elif (major, minor) == (10, 0) and build > 26100:
+        elif (major, minor) == (10, 0) and build >= _FIRST_WINDOWS_11_BUILD:
             family = "Windows 11/Server 2025+"
         else:
             family = _WINDOWS_FAMILIES.get((major, minor), f"Windows {major}.{minor}")
@@ -427,6 +428,8 @@ def _header(command: int, message_id: int, *, credit_charge: int = 0) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
+    """One SMB2 answer: its NTSTATUS, its body and the whole message (offsets count from it)."""
+
     status: int
     body: bytes
     message: bytes

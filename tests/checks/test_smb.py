@@ -422,6 +422,7 @@ async def test_hostile_peers_are_classified_within_the_timeout(
         ((10, 0, 26100), "Windows 11 24H2/Server 2025 build 26100"),
         ((10, 0, 19999), "Windows 10/Server 2016+ build 19999"),
         ((10, 0, 27000), "Windows 11/Server 2025+ build 27000"),
+        ((10, 0, 22635), "Windows 11/Server 2025+ build 22635"),
         ((6, 3, 9600), "Windows 8.1/Server 2012 R2 build 9600"),
         ((6, 1, 7601), "Windows 7/Server 2008 R2 build 7601"),
         ((11, 2, 30000), "Windows 11.2 build 30000"),
