@@ -25,9 +25,10 @@ is two request/response pairs here. The login is NTLMv2 with session keys,
 signing and, for 3.1.1, the pre-authentication hash: that is impacket's, on the exporter's
 blocking pool behind `_TreeConnect`, with the socket timeout taken from the deadline before each
 step. impacket rather than smbprotocol: impacket runs a request and its reply on the calling
-thread, bounds a reply by its framing (at most 128 KiB), and takes a new timeout before each
-step; smbprotocol starts a receiving thread per connection and allocates whatever length the
-peer announces (up to 4 GiB) before reading it.
+thread, reads a reply as it arrives within its 24-bit framing (16 MiB at most), and takes a new
+timeout before each step; smbprotocol starts a receiving thread per connection and allocates
+whatever length the peer announces (up to 4 GiB) before reading it. By the login, the peer has
+already answered the NEGOTIATE and the challenge of the exchange above as an SMB server.
 
 Outcomes: a peer that is not SMB is `protocol_mismatch`; an SMB2 server that refuses the
 NEGOTIATE or the anonymous NTLM negotiate is `service_error` with the NTSTATUS name. A server
