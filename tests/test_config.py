@@ -153,13 +153,13 @@ INVALID_CASES: dict[str, list[tuple[int, str, str]]] = {
         )
     ],
     "invalid-unavailable-check-setting.yaml": [
+        (6, "flows.https_vsphere.ca_fil", "unknown field; did you mean 'ca_file'?"),
         (
-            6,
-            "flows.smb_endpoints.username",
-            "unknown field (check smb is not available in this version; this flow runs tcp, "
+            8,
+            "flows.sap_systems.system_id",
+            "unknown field (check sap is not available in this version; this flow runs tcp, "
             "which has no such setting)",
         ),
-        (8, "flows.https_vsphere.ca_fil", "unknown field; did you mean 'ca_file'?"),
     ],
 }
 
@@ -379,12 +379,12 @@ def test_unavailable_check_falls_back_and_says_so() -> None:
     The fallback's own settings apply to it: a self-signed vCenter is reached with `ca_file`.
     """
     config = parse_config(
-        "targets: {vsphere: [vc1], endpoint_networks: [127.0.0.1]}\n"
+        "targets: {vsphere: [vc1], sap_systems: [127.0.0.1]}\n"
         "flows: {https_vsphere: {ca_file: /etc/ssl/corp-ca.pem}}\n",
         "inline.yaml",
     )
     checks = {job.flow_id: job.check for job in config.jobs}
-    assert (checks["https_vsphere"], checks["smb_endpoints"]) == ("tls", "tcp")
+    assert (checks["https_vsphere"], checks["sap_systems"]) == ("tls", "tcp")
     (vsphere,) = [job for job in config.jobs if job.flow_id == "https_vsphere"]
     assert isinstance(vsphere.settings, TlsSettings)
     assert vsphere.settings.ca_file == "/etc/ssl/corp-ca.pem"

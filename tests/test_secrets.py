@@ -22,6 +22,8 @@ from exporter.errors import ConfigError, CredentialError
 from exporter.secrets import Secret, SecretRef, redact_url, reveal, unreadable_secrets
 from tests.fakes.tds import TdsFake, tds_server_thread
 from tests.peers.exporter import RunningExporter, run_exporter
+from tests.peers.samba_smb import USER_PASSWORD as SMB_PASSWORD
+from tests.peers.samba_smb import SambaSmb
 from tests.peers.slapd import USER_PASSWORD, Slapd
 from tests.peers.tns_listener import TnsListener, run_tns_listener
 
@@ -37,6 +39,8 @@ SQL_USER = "monitor"
 ORACLE_PASSWORD = "S3CR3T-ORACLE-PW-3d9e"  # passed to the database driver, never sent by HTTP
 LDAP_WRONG_PASSWORD = "S3CR3T-LDAP-WRONG-0b7d"
 LDAP_SECRETS = (USER_PASSWORD, LDAP_WRONG_PASSWORD)  # the bind password by file, a wrong one inline
+SMB_WRONG_PASSWORD = "S3CR3T-SMB-WRONG-4e1a"
+SMB_SECRETS = (SMB_PASSWORD, SMB_WRONG_PASSWORD)  # the login password by file, a wrong one inline
 QUERY_VARIABLE = "CFE_TEST_QUERY_TOKEN"
 COOKIE_VARIABLE = "CFE_TEST_COOKIE"
 MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs for seconds only
@@ -44,7 +48,8 @@ MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs fo
 
 def found_secrets(text: str) -> list[str]:
     """The test secrets that occur in `text`."""
-    return [secret for secret in (*SECRETS, ORACLE_PASSWORD, *LDAP_SECRETS) if secret in text]
+    everything = (*SECRETS, ORACLE_PASSWORD, *LDAP_SECRETS, *SMB_SECRETS)
+    return [secret for secret in everything if secret in text]
 
 
 # --- references -----------------------------------------------------------------------------
@@ -348,6 +353,17 @@ def ldap_flows(slapd: Slapd, password_file: Path) -> str:
     )
 
 
+def smb_flows(samba: SambaSmb, password_file: Path) -> str:
+    """Two SMB flows: a login and tree connect with the password by file, a wrong one inline."""
+    target = f'"127.0.0.1:{samba.port}"'
+    return (
+        f"  - id: smb_login\n    check: smb\n    target: {target}\n"
+        f"    username: {samba.user}\n    password: {{file: {password_file}}}\n"
+        f"  - id: smb_wrong\n    check: smb\n    target: {target}\n"
+        f"    username: {samba.user}\n    password: {SMB_WRONG_PASSWORD}\n"
+    )
+
+
 FLOWS = (
     "api_inline",
     "api_by_reference",
@@ -357,6 +373,8 @@ FLOWS = (
     "sql_wrong",
     "ldap_bind",
     "ldap_wrong",
+    "smb_login",
+    "smb_wrong",
 )
 
 
@@ -399,17 +417,18 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @dataclass(frozen=True)
 class DatabasePeers:
-    """The directory and database peers whose logins carry the test passwords."""
+    """The directory, database and file-sharing peers whose logins carry the test passwords."""
 
     sql: TdsFake
     tns: TnsListener
     slapd: Slapd
+    samba: SambaSmb
 
 
 @pytest.fixture
-def databases(sql: TdsFake, tns: TnsListener, slapd: Slapd) -> DatabasePeers:
-    """The SQL Server fake, the Oracle listener fake and the real slapd, together."""
-    return DatabasePeers(sql, tns, slapd)
+def databases(sql: TdsFake, tns: TnsListener, slapd: Slapd, samba_smb: SambaSmb) -> DatabasePeers:
+    """The SQL Server fake, the Oracle listener fake, the real slapd and smbd, together."""
+    return DatabasePeers(sql, tns, slapd, samba_smb)
 
 
 def test_no_output_surface_shows_a_secret(
@@ -420,18 +439,21 @@ def test_no_output_surface_shows_a_secret(
 ) -> None:
     """Metrics, page, probe debug, debug log, check output, validate and reload errors show
     no secret, while the flow's own target did receive every one of them."""
-    sql, tns, slapd = databases.sql, databases.tns, databases.slapd
+    sql, tns, slapd, samba = databases.sql, databases.tns, databases.slapd, databases.samba
     own, other = peers
     secret_file = tmp_path / "api-key"
     secret_file.write_text(FILE_HEADER + "\n", encoding="utf-8")
     ldap_password_file = tmp_path / "ldap-password"
     ldap_password_file.write_text(USER_PASSWORD + "\n", encoding="utf-8")
+    smb_password_file = tmp_path / "smb-password"
+    smb_password_file.write_text(SMB_PASSWORD + "\n", encoding="utf-8")
     monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
     monkeypatch.setenv(COOKIE_VARIABLE, ENV_COOKIE)
     config = tmp_path / "config.yaml"
     extra = (
         sql_flows(secret_file, sql.port)
         + ldap_flows(slapd, ldap_password_file)
+        + smb_flows(samba, smb_password_file)
         + oracle_flow(tns.port)
     )
     write_config(config, secret_file, own.port, extra)
@@ -440,6 +462,8 @@ def test_no_output_surface_shows_a_secret(
         "sql_wrong": f"127.0.0.1:{sql.port}",
         "ldap_bind": f"127.0.0.1:{slapd.ldap_port}",
         "ldap_wrong": f"127.0.0.1:{slapd.ldaps_port}",
+        "smb_login": f"127.0.0.1:{samba.port}",
+        "smb_wrong": f"127.0.0.1:{samba.port}",
     }
     surfaces: dict[str, str] = {}
 
@@ -472,6 +496,9 @@ def test_no_output_surface_shows_a_secret(
     # the LDAP passwords reached slapd: one bind succeeded, the other was refused
     assert f"bound as 'dn:{slapd.user_dn}'" in surfaces["/probe ldap_bind"]
     assert "bind failed: invalidCredentials (49)" in surfaces["/probe ldap_wrong"]
+    # the SMB passwords reached smbd: one login and tree connect passed, the other was refused
+    assert f"tree connect to ADMIN$ as {samba.user}" in surfaces["/probe smb_login"]
+    assert "STATUS_LOGON_FAILURE (0xC000006D)" in surfaces["/probe smb_wrong"]
 
     for fmt in ("table", "json", "junit"):
         done = run_cli("check", "--config", str(config), "--format", fmt, "--no-progress")

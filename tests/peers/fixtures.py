@@ -17,8 +17,19 @@ from tests.peers import samba as peers_samba
 from tests.peers import slapd as peers_slapd
 from tests.peers import sshd as peers_sshd
 from tests.peers.derby import derby
+from tests.peers.samba_smb import samba_smb, samba_smb1_only
 
-__all__ = ["derby", "isolated_host", "nginx", "pki", "samba", "slapd", "sshd"]
+__all__ = [
+    "derby",
+    "isolated_host",
+    "nginx",
+    "pki",
+    "samba",
+    "samba_smb",
+    "samba_smb1_only",
+    "slapd",
+    "sshd",
+]
 
 
 @pytest.fixture(scope="session")
