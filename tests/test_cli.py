@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import bcrypt
 import pytest
 
+from tests.peers.exporter import run_cli as cli
 from tests.peers.nginx import Nginx
 from tests.peers.pki import Pki
 from tests.peers.ports import free_tcp_port
 from tests.peers.sshd import Sshd
 
 TESTDATA = Path(__file__).parent / "testdata"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run `python -m exporter ARGS` the way a user runs the console script."""
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from exporter.config import (
     parse_endpoint,
 )
 from exporter.errors import ConfigError
+from tests.peers.exporter import run_cli
 
 TESTDATA = Path(__file__).parent / "testdata"
 
@@ -419,13 +418,7 @@ def test_disabled_flow_with_a_bad_timeout_is_refused() -> None:
 def test_validate_names_a_misspelt_key_on_its_own_line() -> None:
     """`validate` prints each problem of a flow block on a line of its own, the typo first."""
     path = TESTDATA / "invalid-extra-flow-typo.yaml"
-    run = subprocess.run(
-        [sys.executable, "-m", "exporter", "validate", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    run = run_cli("validate", str(path), timeout=60)
     assert run.returncode == 1
     assert run.stderr.splitlines() == [
         "invalid config:",

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 
 from exporter.config import parse_config
 from exporter.errors import ConfigError
-from tests.peers.exporter import run_exporter
+from tests.peers.exporter import run_cli, run_exporter
 
 POLL_DEADLINE_S = 20.0
 
@@ -93,13 +91,7 @@ def test_check_json_lists_a_duplicated_pair_once(tmp_path: Path, listener: int) 
     """`check --format json` runs and reports each distinct pair once."""
     path = tmp_path / "config.yaml"
     path.write_text(overlapping_config(listener), encoding="utf-8")
-    run = subprocess.run(
-        [sys.executable, "-m", "exporter", "check", "--config", str(path), "--format", "json"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    run = run_cli("check", "--config", str(path), "--format", "json", timeout=120)
     document = json.loads(run.stdout)
     targets = sorted(entry["target"] for entry in document["flows"])
     assert targets == [f"127.0.0.{i}:{listener}" for i in range(3)]

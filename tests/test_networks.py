@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from exporter.networks import Network, Shard, parse_host_list
 from exporter.result import Result
 from exporter.store import ResultStore
 from exporter.sweep import run_sweep
+from tests.peers.exporter import run_cli
 from tests.peers.ports import free_tcp_port
 
 
@@ -201,23 +200,8 @@ def test_check_reports_a_swept_network_as_one_row(tmp_path: Path, output: str) -
         "     targets: [127.0.0.0/29]}\n",
         encoding="utf-8",
     )
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "check",
-            "--config",
-            str(path),
-            "--no-progress",
-            "--format",
-            output,
-            "--details",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
+    run = run_cli(
+        "check", "--config", str(path), "--no-progress", "--format", output, "--details", timeout=60
     )
     assert run.returncode == 1, run.stderr
     if output == "junit":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -21,7 +20,7 @@ from exporter.config import parse_config
 from exporter.errors import ConfigError, CredentialError
 from exporter.secrets import Secret, SecretRef, redact_url, reveal, unreadable_secrets
 from tests.fakes.tds import TdsFake, tds_server_thread
-from tests.peers.exporter import RunningExporter, run_exporter
+from tests.peers.exporter import RunningExporter, run_cli, run_exporter
 from tests.peers.samba_smb import USER_PASSWORD as SMB_PASSWORD
 from tests.peers.samba_smb import SambaSmb
 from tests.peers.slapd import USER_PASSWORD, Slapd
@@ -405,14 +404,9 @@ def wait_for_every_flow(exporter: RunningExporter, flows: tuple[str, ...] = FLOW
         time.sleep(0.1)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", "--log-level", "debug", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def run_debug_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command line with every log line on, so the grep sees the most it can."""
+    return run_cli("--log-level", "debug", *args, timeout=60)
 
 
 @dataclass(frozen=True)
@@ -501,7 +495,7 @@ def test_no_output_surface_shows_a_secret(
     assert "STATUS_LOGON_FAILURE (0xC000006D)" in surfaces["/probe smb_wrong"]
 
     for fmt in ("table", "json", "junit"):
-        done = run_cli("check", "--config", str(config), "--format", fmt, "--no-progress")
+        done = run_debug_cli("check", "--config", str(config), "--format", fmt, "--no-progress")
         assert done.returncode == 1  # api_failing fails on purpose
         assert "api_inline" in done.stdout
         surfaces[f"check --format {fmt}"] = done.stdout + done.stderr
@@ -514,7 +508,7 @@ def test_no_output_surface_shows_a_secret(
         extra="  - {id: api_unset, check: http, target: 127.0.0.1:1, headers: {A: {env: CFE_TEST_UNSET_TOKEN}}}\n",
     )
     monkeypatch.delenv("CFE_TEST_UNSET_TOKEN", raising=False)
-    done = run_cli("validate", str(broken))
+    done = run_debug_cli("validate", str(broken))
     assert done.returncode == 1
     assert f"{broken}:13: extra_flows[1].headers.X-Api-Key: cannot read secret file" in done.stderr
     assert (

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ from exporter.collector import NETWORK_FAMILIES
 from exporter.config import Config, parse_config
 from exporter.result import Result
 from exporter.sweep import run_sweep
-from tests.peers.exporter import run_exporter
+from tests.peers.exporter import run_cli, run_exporter
 from tests.peers.ports import free_tcp_port
 from tests.peers.sweepnet import SweptNetwork, swept_network
 
@@ -119,23 +117,15 @@ def test_two_shards_cover_every_host_exactly_once(slash20: SweptNetwork, tmp_pat
     before = slash20.connections()
     documents = []
     for shard in ("0/2", "1/2"):
-        run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "check",
-                "--config",
-                str(path),
-                "--format",
-                "json",
-                "--shard",
-                shard,
-                "--details",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
+        run = run_cli(
+            "check",
+            "--config",
+            str(path),
+            "--format",
+            "json",
+            "--shard",
+            shard,
+            "--details",
             timeout=120,
         )
         assert run.returncode == 0, run.stderr

@@ -63,6 +63,17 @@ def http_request(
         return int(error.code), error.read().decode()
 
 
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `python -m exporter ARGS` the way a user runs the console script."""
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+
+
 @contextmanager
 def run_exporter(
     config_path: Path | None,

@@ -90,15 +90,19 @@ def _existing_networks() -> list[ipaddress.IPv4Network]:
     return networks
 
 
-def _pick_subnet() -> ipaddress.IPv4Network:
-    """A random 10.254.X.0/30 that overlaps no existing route, so we never hijack real traffic."""
+def pick_free_network(second_octet: int, prefix: int) -> ipaddress.IPv4Network:
+    """A random 10.<second_octet>.x.y/<prefix> that overlaps no route of the root namespace,
+    so a test never hijacks real traffic."""
     existing = _existing_networks()
     rng = random.SystemRandom()
+    space = ipaddress.IPv4Network(f"10.{second_octet}.0.0/16")
+    count = 1 << (prefix - space.prefixlen)
     for _ in range(SUBNET_ATTEMPTS):
-        candidate = ipaddress.IPv4Network(f"10.254.{rng.randint(1, 250)}.0/30")
+        offset = rng.randrange(count) << (32 - prefix)
+        candidate = ipaddress.IPv4Network((int(space.network_address) + offset, prefix))
         if not any(candidate.overlaps(net) for net in existing):
             return candidate
-    raise RuntimeError("no free 10.254.X.0/30 subnet (X in 1..250) after 50 random tries")
+    raise RuntimeError(f"no free /{prefix} in {space} after {SUBNET_ATTEMPTS} random tries")
 
 
 @dataclass
@@ -255,7 +259,7 @@ def isolated_host(rules: Sequence[Sequence[str]] = ()) -> Iterator[IsolatedHost]
     name = f"cfe{suffix}"  # 11 chars; the veth names below stay within IFNAMSIZ (15)
     root_link = f"cfe{suffix}r"
     ns_link = f"cfe{suffix}n"
-    subnet = _pick_subnet()
+    subnet = pick_free_network(254, 30)
     root_ip, ns_ip = (str(host) for host in subnet.hosts())
     host = IsolatedHost(name=name, root_address=root_ip, address=ns_ip)
     created = False

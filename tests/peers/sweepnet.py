@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import random
 import subprocess
 import sys
 from collections import Counter
@@ -27,8 +26,6 @@ from pathlib import Path
 
 from tests.peers import netns
 from tests.peers.netns import IP, IsolatedHost
-
-SUBNET_ATTEMPTS = 50
 
 # Accept on every address of the namespace; one line per connection: the address dialled.
 _RECORDING_LISTENER = (
@@ -73,21 +70,10 @@ class SweptNetwork:
         return Counter(self.record.read_text(encoding="ascii").split())
 
 
-def _pick_network() -> ipaddress.IPv4Network:
-    """A random 10.253.X.0/20 that overlaps no route of the root namespace."""
-    rng = random.SystemRandom()
-    existing = netns._existing_networks()
-    for _ in range(SUBNET_ATTEMPTS):
-        candidate = ipaddress.IPv4Network(f"10.253.{rng.randrange(0, 256, 16)}.0/20")
-        if not any(candidate.overlaps(network) for network in existing):
-            return candidate
-    raise RuntimeError("no free 10.253.X.0/20 network after 50 random tries")
-
-
 @contextlib.contextmanager
 def swept_network(port: int, workdir: Path) -> Iterator[SweptNetwork]:
     """The namespace with its /20, listener and rules; everything removed on exit."""
-    network = _pick_network()
+    network = netns.pick_free_network(253, 20)
     blocks = list(network.subnets(new_prefix=24))
     swept = SweptNetwork(
         network=network,
