@@ -66,6 +66,23 @@ class Samba:
     retargeted_name: str = RETARGETED_NAME
 
 
+def state_paths(directory: Path) -> str:
+    """smb.conf lines that keep every file Samba writes inside `directory`, so parallel runs
+    and the machine's own Samba never share state."""
+    return (
+        f"  passdb backend = tdbsam:{directory}/private/passdb.tdb\n"
+        f"  lock directory = {directory}/lock\n"
+        f"  state directory = {directory}/state\n"
+        f"  cache directory = {directory}/cache\n"
+        f"  private dir = {directory}/private\n"
+        f"  pid directory = {directory}/run\n"
+        f"  ncalrpc dir = {directory}/run/ncalrpc\n"
+        f"  binddns dir = {directory}/bind-dns\n"
+        f"  usershare path = {directory}/usershares\n"
+        f"  log file = {directory}/log/log.%m\n"
+    )
+
+
 def _smb_conf(directory: Path, address: str) -> str:
     return f"""\
 [global]
@@ -75,17 +92,7 @@ def _smb_conf(directory: Path, address: str) -> str:
   server role = standalone server
   security = user
   map to guest = Never
-  passdb backend = tdbsam:{directory}/private/passdb.tdb
-  lock directory = {directory}/lock
-  state directory = {directory}/state
-  cache directory = {directory}/cache
-  private dir = {directory}/private
-  pid directory = {directory}/run
-  ncalrpc dir = {directory}/run/ncalrpc
-  binddns dir = {directory}/bind-dns
-  usershare path = {directory}/usershares
-  log file = {directory}/log/log.%m
-  smb ports = 445 139
+{state_paths(directory)}  smb ports = 445 139
   interfaces = {address}/30
   bind interfaces only = yes
   disable netbios = no
@@ -118,6 +125,17 @@ def _wait_for_udp_bound(host: IsolatedHost, port: int, proc: subprocess.Popen[by
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"nothing bound {wanted}/udp within {START_TIMEOUT_S:.0f} s")
+        time.sleep(_POLL_INTERVAL_S)
+
+
+def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until `proc` has created the Unix socket `path`."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not path.is_socket():
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.pid} exited with code {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} did not appear within {START_TIMEOUT_S:.0f} s")
         time.sleep(_POLL_INTERVAL_S)
 
 
@@ -162,6 +180,8 @@ def run_samba() -> Iterator[Samba]:
                 for port in (445, 139):
                     wait_for_tcp(host.address, port, START_TIMEOUT_S, proc=procs["smbd"])
                 _wait_for_udp_bound(host, 137, procs["nmbd"])
+                # share listing goes through samba-dcerpcd's srvsvc pipe, which appears last
+                _wait_for_socket(directory / "run/ncalrpc/np/srvsvc", procs["dcerpcd"])
             except RuntimeError as exc:
                 tails = "\n".join(f"{name}:\n{log_tail(log)}" for name, log in logs.items())
                 raise RuntimeError(f"Samba did not start: {exc}\n{tails}") from exc

@@ -35,6 +35,7 @@ import pytest
 
 from tests.peers.ports import free_tcp_port, wait_for_tcp
 from tests.peers.procs import log_tail, stop_process
+from tests.peers.samba import state_paths
 
 SMBD = "/usr/sbin/smbd"
 SMBPASSWD = "/usr/bin/smbpasswd"
@@ -80,17 +81,7 @@ def _config(directory: Path, port: int, *, smb1_only: bool) -> str:
   security = user
   map to guest = Bad User
   server signing = mandatory
-{protocols}  passdb backend = tdbsam:{directory}/private/passdb.tdb
-  lock directory = {directory}/lock
-  state directory = {directory}/state
-  cache directory = {directory}/cache
-  private dir = {directory}/private
-  pid directory = {directory}/run
-  ncalrpc dir = {directory}/run/ncalrpc
-  binddns dir = {directory}/bind-dns
-  usershare path = {directory}/usershares
-  log file = {directory}/log/log.%m
-  smb ports = {port}
+{protocols}{state_paths(directory)}  smb ports = {port}
   interfaces = {HOST}/8
   bind interfaces only = yes
   disable netbios = yes
