@@ -168,7 +168,7 @@ async def _host_identity(
             phase=Phase.AUTH,
         )
     except XapiFailure as failure:
-        raise _unexpected(failure, "reading the host's software version") from failure
+        raise _unexpected(failure, "reading the host's software version", session) from failure
     if not isinstance(software, Mapping):
         raise CheckFailure(Result.PROTOCOL_MISMATCH, "host.get_software_version returned no map")
     fields = {str(key): str(value)[:_MAX_FIELD_CHARS] for key, value in software.items()}
@@ -202,12 +202,17 @@ def _cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _unexpected(failure: XapiFailure, what: str) -> CheckFailure:
-    parameters = ", ".join(quote_peer(str(p), 40) for p in failure.parameters[:3])
+def _unexpected(failure: XapiFailure, what: str, session: str | None = None) -> CheckFailure:
+    """Any other typed failure: service_error with its code and first parameters.
+
+    A parameter equal to the session reference (SESSION_INVALID and its kin echo it) is shown
+    as `<session>`: the reference is a credential for as long as the session lives.
+    """
+    shown = ["<session>" if p == session else quote_peer(p, 40) for p in failure.parameters[:3]]
     code = quote_peer(failure.code, 60)[1:-1] or "an empty ErrorDescription"
     return CheckFailure(
         Result.SERVICE_ERROR,
-        f"{what} failed: {code}" + (f" [{parameters}]" if parameters else ""),
+        f"{what} failed: {code}" + (f" [{', '.join(shown)}]" if shown else ""),
     )
 
 
