@@ -98,6 +98,7 @@ class VsphereFake:
     product: Product
     port: int = 0
     unavailable: bool = False  # the reverse proxy answers 503 to everything
+    password: str = PASSWORD  # of the one account, USER
     calls: list[str] = field(default_factory=list)  # method names, in order
     soap_actions: list[str] = field(default_factory=list)  # as sent ("" when absent)
     sessions: dict[str, str | None] = field(default_factory=dict)  # cookie → user (None: anon)
@@ -209,7 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, service_content(fake.product, namespace), cookie=new_cookie)
         elif method == "Login":
             user = _field(call, "userName")
-            accepted = user == USER and _field(call, "password") == PASSWORD
+            accepted = user == USER and _field(call, "password") == fake.password
             with fake.lock:
                 fake.logins.append((user, accepted))
                 if accepted:
@@ -316,12 +317,17 @@ class _Server(ThreadingHTTPServer):
 
 @contextlib.contextmanager
 def run_vsphere_fake(
-    product: Product, cert: Path, key: Path, *, unavailable: bool = False
+    product: Product,
+    cert: Path,
+    key: Path,
+    *,
+    unavailable: bool = False,
+    password: str = PASSWORD,
 ) -> Iterator[VsphereFake]:
     """Serve the fake with `cert` on a free loopback port in a thread; stop it on exit."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    fake = VsphereFake(product=product, unavailable=unavailable)
+    fake = VsphereFake(product=product, unavailable=unavailable, password=password)
     server = _Server(fake, context)
     fake.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, name="vsphere-fake", daemon=True)

@@ -79,8 +79,10 @@ class XapiFake:
 
     port: int = 0
     master_address: str | None = None
+    password: str = PASSWORD  # of the one account, USER
     calls: list[str] = field(default_factory=list)  # method names, in order
     sessions: set[str] = field(default_factory=set)  # live session references
+    issued: list[str] = field(default_factory=list)  # every session reference handed out
     logins: list[tuple[str, bool]] = field(default_factory=list)  # (user, accepted)
     logouts: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -131,7 +133,7 @@ def answer(fake: XapiFake, method: str, params: tuple[object, ...]) -> dict[str,
 def _login(fake: XapiFake, user: str, password: str) -> dict[str, object]:
     if fake.master_address is not None:
         return failure("HOST_IS_SLAVE", fake.master_address)
-    accepted = user == USER and password == PASSWORD
+    accepted = user == USER and password == fake.password
     with fake.lock:
         fake.logins.append((user, accepted))
     if not accepted:
@@ -143,6 +145,7 @@ def _login(fake: XapiFake, user: str, password: str) -> dict[str, object]:
     session = f"OpaqueRef:{uuid.uuid4()}"
     with fake.lock:
         fake.sessions.add(session)
+        fake.issued.append(session)
     return success(session)
 
 
@@ -192,14 +195,17 @@ class _Server(ThreadingHTTPServer):
 
 @contextlib.contextmanager
 def run_xapi_fake(
-    *, master_address: str | None = None, tls: tuple[Path, Path] | None = None
+    *,
+    master_address: str | None = None,
+    tls: tuple[Path, Path] | None = None,
+    password: str = PASSWORD,
 ) -> Iterator[XapiFake]:
     """Serve the fake (plain HTTP, or TLS with the (cert, key) pair) on a free loopback port."""
     context = None
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*tls)
-    fake = XapiFake(master_address=master_address)
+    fake = XapiFake(master_address=master_address, password=password)
     server = _Server(fake, context)
     fake.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, name="xapi-fake", daemon=True)
