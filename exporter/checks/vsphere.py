@@ -42,7 +42,7 @@ from pydantic import Field, model_validator
 from exporter.checks.base import CheckContext, CheckSpec, Target, quote_peer
 from exporter.checks.net import TlsSettings
 from exporter.checks.tls import expiry_note
-from exporter.checks.xml_http import HttpReply, local_name, parse_xml, post_xml
+from exporter.checks.xml_http import HttpReply, local_name, parse_xml, post_xml, printable
 from exporter.errors import CheckFailure
 from exporter.result import CheckResult, PeerInfo, Phase, Result
 from exporter.secrets import Secret, reveal
@@ -63,6 +63,7 @@ RETRIEVE_SERVICE_CONTENT = _ENVELOPE.format(
     '<_this type="ServiceInstance">ServiceInstance</_this></RetrieveServiceContent>'
 ).encode()
 _MAX_FIELD_CHARS = 100  # of any text the peer reports about itself
+_MAX_LABEL_CHARS = 64  # of the product and version labels, as the `https` check keeps them
 
 
 class VsphereSettings(TlsSettings):
@@ -127,7 +128,7 @@ async def run(target: Target, settings: VsphereSettings, context: CheckContext) 
     )
     session.update(reply)
     about = service_content(reply)
-    context.peer = PeerInfo(product=about.name, version=_version(about))
+    context.peer = PeerInfo(product=about.name[:_MAX_LABEL_CHARS], version=_version(about))
     context.debug(
         "service content",
         api_type=about.api_type,
@@ -223,7 +224,7 @@ def fault_failure(fault: ElementTree.Element, call: str) -> CheckFailure:
     words = _text(fault, "faultstring")
     said = f": {quote_peer(words, _MAX_FIELD_CHARS)}" if words else ""
     result = Result.AUTH_FAILED if call == "Login" and name in AUTH_FAULTS else Result.SERVICE_ERROR
-    return CheckFailure(result, f"{call} answered with fault {quote_peer(name, 60)[1:-1]}{said}")
+    return CheckFailure(result, f"{call} answered with fault {printable(name, 60)}{said}")
 
 
 async def _login_and_out(
@@ -306,10 +307,11 @@ def _moref(reference: tuple[str, str]) -> str:
 
 
 def _version(about: About) -> str:
+    """`8.0.2 build-22617221`, as `fullName` writes version and build."""
     version = about.version
     if about.build:
         version = f"{version} build-{about.build}" if version else f"build-{about.build}"
-    return version
+    return version[:_MAX_LABEL_CHARS]
 
 
 def _child(element: ElementTree.Element, name: str) -> ElementTree.Element | None:
@@ -327,8 +329,7 @@ def _find_path(element: ElementTree.Element, names: tuple[str, ...]) -> ElementT
 
 def _text(element: ElementTree.Element, name: str) -> str:
     child = _child(element, name)
-    text = (child.text or "").strip() if child is not None else ""
-    return "".join(char if char.isprintable() else " " for char in text)[:_MAX_FIELD_CHARS]
+    return printable(child.text or "", _MAX_FIELD_CHARS) if child is not None else ""
 
 
 SPEC = CheckSpec(

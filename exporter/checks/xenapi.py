@@ -41,7 +41,7 @@ from pydantic import Field, model_validator
 from exporter.checks.base import CheckContext, CheckSpec, Target, quote_peer
 from exporter.checks.net import TlsSettings
 from exporter.checks.tls import expiry_note
-from exporter.checks.xml_http import HttpReply, post_xml
+from exporter.checks.xml_http import HttpReply, post_xml, printable
 from exporter.errors import CheckFailure
 from exporter.result import CheckResult, PeerInfo, Phase, Result
 from exporter.secrets import Secret, reveal
@@ -177,8 +177,8 @@ async def _host_identity(
     build = fields.get("build_number", "")
     context.debug("software version", product=product, version=version, build=build)
     return PeerInfo(
-        product=quote_peer(product, 64)[1:-1],
-        version=quote_peer(version + (f" build {build}" if build else ""), 64)[1:-1],
+        product=printable(product, 64),
+        version=printable(version + (f" build {build}" if build else ""), 64),
     )
 
 
@@ -209,7 +209,7 @@ def _unexpected(failure: XapiFailure, what: str, session: str | None = None) -> 
     as `<session>`: the reference is a credential for as long as the session lives.
     """
     shown = ["<session>" if p == session else quote_peer(p, 40) for p in failure.parameters[:3]]
-    code = quote_peer(failure.code, 60)[1:-1] or "an empty ErrorDescription"
+    code = printable(failure.code, 60) or "an empty ErrorDescription"
     return CheckFailure(
         Result.SERVICE_ERROR,
         f"{what} failed: {code}" + (f" [{', '.join(shown)}]" if shown else ""),

@@ -55,8 +55,8 @@ class HttpReply:
     def describe(self) -> str:
         """`HTTP 404 Not Found (Server: nginx/1.22.1)`: what answered, for a detail."""
         server = self.header("server")
-        head = f"HTTP {self.status} {quote_peer(self.reason, 40)[1:-1]}".rstrip()
-        return head + (f" (Server: {quote_peer(server, 40)[1:-1]})" if server else "")
+        head = f"HTTP {self.status} {printable(self.reason, 40)}".rstrip()
+        return head + (f" (Server: {printable(server, 40)})" if server else "")
 
 
 async def post_xml(
@@ -223,6 +223,14 @@ def parse_xml(body: bytes, what: str) -> ElementTree.Element:
         raise CheckFailure(
             Result.PROTOCOL_MISMATCH, f"not XML ({exc}) where {what} was expected"
         ) from exc
+
+
+def printable(text: str, limit: int) -> str:
+    """A peer's text without control characters and cut to `limit` characters, unquoted.
+
+    For names and versions the peer reports (labels and details); `quote_peer` is for excerpts.
+    """
+    return "".join(char if char.isprintable() else " " for char in text).strip()[:limit]
 
 
 def local_name(tag: str) -> str:
