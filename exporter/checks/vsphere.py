@@ -103,6 +103,7 @@ class _Session:
         self.cookie: str | None = None
 
     def update(self, reply: HttpReply) -> None:
+        """Keep the cookie a reply sets: servers set it on the first answer or at the login."""
         for header in reply.header_values("set-cookie"):
             jar = SimpleCookie()
             with contextlib.suppress(CookieError):
@@ -112,6 +113,7 @@ class _Session:
                 self.cookie = f"{SESSION_COOKIE}={morsel.coded_value}"
 
     def headers(self, api_version: str) -> dict[str, str]:
+        """SOAPAction naming the API version the server announced, and the session cookie."""
         action = f"urn:vim25/{api_version}" if api_version else "urn:vim25"
         headers = {"SOAPAction": f'"{action}"'}
         if self.cookie is not None:
