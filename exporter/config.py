@@ -1016,6 +1016,7 @@ class _Resolver:
         spec = CHECKS[check]
         for where, message in unreadable_secrets(settings):
             self.problems.append(self.lines.problem((*path, *where), message))
+        self.warnings.extend(f"flow {flow_id}: {warning}" for warning in settings.load_warnings())
         port = override.port or default_port
         interval = override.interval or self.config.defaults.interval
         timeout = override.timeout or self.config.defaults.timeout

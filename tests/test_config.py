@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from exporter.checks.https import HttpSettings
-from exporter.checks.net import TlsSettings
 from exporter.config import (
     EMBEDDED_DEFAULT,
     Endpoint,
@@ -373,22 +372,12 @@ def test_flow_from_another_vantage_point_is_not_run_here() -> None:
 
 
 def test_unavailable_check_falls_back_and_says_so() -> None:
-    """A catalogue check not in this version runs its stated fallback, labelled as such.
-
-    The fallback's own settings apply to it: a self-signed vCenter is reached with `ca_file`.
-    """
-    config = parse_config(
-        "targets: {vsphere: [vc1], sap_systems: [127.0.0.1]}\n"
-        "flows: {https_vsphere: {ca_file: /etc/ssl/corp-ca.pem}}\n",
-        "inline.yaml",
-    )
+    """A catalogue check not in this version runs its stated fallback, labelled as such."""
+    config = parse_config("targets: {sap_systems: [127.0.0.1]}\n", "inline.yaml")
     checks = {job.flow_id: job.check for job in config.jobs}
-    assert (checks["https_vsphere"], checks["sap_systems"]) == ("tls", "tcp")
-    (vsphere,) = [job for job in config.jobs if job.flow_id == "https_vsphere"]
-    assert isinstance(vsphere.settings, TlsSettings)
-    assert vsphere.settings.ca_file == "/etc/ssl/corp-ca.pem"
+    assert checks["sap_systems"] == "tcp"
     assert (
-        "flow https_vsphere: check vsphere is not available in this version; running tls instead"
+        "flow sap_systems: check sap is not available in this version; running tcp instead"
         in config.warnings
     )
 

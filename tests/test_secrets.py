@@ -21,10 +21,15 @@ from exporter.errors import ConfigError, CredentialError
 from exporter.secrets import Secret, SecretRef, redact_url, reveal, unreadable_secrets
 from tests.fakes.tds import TdsFake, tds_server_thread
 from tests.peers.exporter import RunningExporter, run_cli, run_exporter
+from tests.peers.pki import Pki
 from tests.peers.samba_smb import USER_PASSWORD as SMB_PASSWORD
 from tests.peers.samba_smb import SambaSmb
 from tests.peers.slapd import USER_PASSWORD, Slapd
 from tests.peers.tns_listener import TnsListener, run_tns_listener
+from tests.peers.vsphere_fake import USER as VSPHERE_USER
+from tests.peers.vsphere_fake import VCENTER, VsphereFake, run_vsphere_fake
+from tests.peers.xapi_fake import USER as XAPI_USER
+from tests.peers.xapi_fake import XapiFake, run_xapi_fake
 
 POLL_DEADLINE_S = 20.0
 INLINE_HEADER = "S3CR3T-INLINE-HDR-7f3a"
@@ -40,6 +45,17 @@ LDAP_WRONG_PASSWORD = "S3CR3T-LDAP-WRONG-0b7d"
 LDAP_SECRETS = (USER_PASSWORD, LDAP_WRONG_PASSWORD)  # the bind password by file, a wrong one inline
 SMB_WRONG_PASSWORD = "S3CR3T-SMB-WRONG-4e1a"
 SMB_SECRETS = (SMB_PASSWORD, SMB_WRONG_PASSWORD)  # the login password by file, a wrong one inline
+VSPHERE_PASSWORD = "S3CR3T-VSPHERE-PW-6a1f"  # the vCenter login's password, by file
+VSPHERE_WRONG_PASSWORD = "S3CR3T-VSPHERE-WRONG-8c2e"
+XAPI_PASSWORD = "S3CR3T-XAPI-PW-4d7b"  # the XAPI login's password, by env
+XAPI_WRONG_PASSWORD = "S3CR3T-XAPI-WRONG-1e5c"
+INFRASTRUCTURE_SECRETS = (
+    VSPHERE_PASSWORD,
+    VSPHERE_WRONG_PASSWORD,
+    XAPI_PASSWORD,
+    XAPI_WRONG_PASSWORD,
+)
+XAPI_VARIABLE = "CFE_TEST_XAPI_PASSWORD"
 QUERY_VARIABLE = "CFE_TEST_QUERY_TOKEN"
 COOKIE_VARIABLE = "CFE_TEST_COOKIE"
 MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs for seconds only
@@ -47,7 +63,13 @@ MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs fo
 
 def found_secrets(text: str) -> list[str]:
     """The test secrets that occur in `text`."""
-    everything = (*SECRETS, ORACLE_PASSWORD, *LDAP_SECRETS, *SMB_SECRETS)
+    everything = (
+        *SECRETS,
+        ORACLE_PASSWORD,
+        *LDAP_SECRETS,
+        *SMB_SECRETS,
+        *INFRASTRUCTURE_SECRETS,
+    )
     return [secret for secret in everything if secret in text]
 
 
@@ -363,6 +385,24 @@ def smb_flows(samba: SambaSmb, password_file: Path) -> str:
     )
 
 
+def infrastructure_flows(
+    vcenter: VsphereFake, xapi: XapiFake, ca_file: Path, password_file: Path
+) -> str:
+    """vSphere and XAPI logins: the right password by file or env, a wrong one inline."""
+    vsphere = f"    check: vsphere\n    target: 127.0.0.1:{vcenter.port}\n    ca_file: {ca_file}\n"
+    return (
+        f"  - id: vsphere_login\n{vsphere}"
+        f"    username: {VSPHERE_USER}\n    password: {{file: {password_file}}}\n"
+        f"  - id: vsphere_wrong\n{vsphere}"
+        f"    username: {VSPHERE_USER}\n    password: {VSPHERE_WRONG_PASSWORD}\n"
+        f"  - id: xapi_login\n    check: xenapi\n    target: 127.0.0.1:{xapi.port}\n"
+        f"    username: {XAPI_USER}\n    password: {{env: {XAPI_VARIABLE}}}\n"
+        f"  - id: xapi_wrong\n    check: xenapi\n    target: 127.0.0.1:{xapi.port}\n"
+        f"    username: {XAPI_USER}\n    password: {XAPI_WRONG_PASSWORD}\n"
+    )
+
+
+INFRASTRUCTURE_FLOWS = ("vsphere_login", "vsphere_wrong", "xapi_login", "xapi_wrong")
 FLOWS = (
     "api_inline",
     "api_by_reference",
@@ -410,6 +450,27 @@ def run_debug_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @dataclass(frozen=True)
+class InfrastructurePeers:
+    """The fake vCenter and XAPI whose logins carry the test passwords."""
+
+    vcenter: VsphereFake
+    xapi: XapiFake
+    ca_file: Path
+
+
+@pytest.fixture
+def infrastructure(pki: Pki) -> Iterator[InfrastructurePeers]:
+    """A fake vCenter and a fake XAPI, each knowing its test password."""
+    with (
+        run_vsphere_fake(
+            VCENTER, pki.valid.cert, pki.valid.key, password=VSPHERE_PASSWORD
+        ) as vcenter,
+        run_xapi_fake(password=XAPI_PASSWORD) as xapi,
+    ):
+        yield InfrastructurePeers(vcenter, xapi, pki.ca_cert)
+
+
+@dataclass(frozen=True)
 class DatabasePeers:
     """The directory, database and file-sharing peers whose logins carry the test passwords."""
 
@@ -430,6 +491,7 @@ def test_no_output_surface_shows_a_secret(
     monkeypatch: pytest.MonkeyPatch,
     peers: tuple[CapturingPeer, CapturingPeer],
     databases: DatabasePeers,
+    infrastructure: InfrastructurePeers,
 ) -> None:
     """Metrics, page, probe debug, debug log, check output, validate and reload errors show
     no secret, while the flow's own target did receive every one of them."""
@@ -441,6 +503,10 @@ def test_no_output_surface_shows_a_secret(
     ldap_password_file.write_text(USER_PASSWORD + "\n", encoding="utf-8")
     smb_password_file = tmp_path / "smb-password"
     smb_password_file.write_text(SMB_PASSWORD + "\n", encoding="utf-8")
+    vsphere_password_file = tmp_path / "vsphere-password"
+    vsphere_password_file.write_text(VSPHERE_PASSWORD + "\n", encoding="utf-8")
+    vcenter, xapi = infrastructure.vcenter, infrastructure.xapi
+    monkeypatch.setenv(XAPI_VARIABLE, XAPI_PASSWORD)
     monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
     monkeypatch.setenv(COOKIE_VARIABLE, ENV_COOKIE)
     config = tmp_path / "config.yaml"
@@ -449,6 +515,7 @@ def test_no_output_surface_shows_a_secret(
         + ldap_flows(slapd, ldap_password_file)
         + smb_flows(samba, smb_password_file)
         + oracle_flow(tns.port)
+        + infrastructure_flows(vcenter, xapi, infrastructure.ca_file, vsphere_password_file)
     )
     write_config(config, secret_file, own.port, extra)
     probe_targets = {
@@ -458,13 +525,19 @@ def test_no_output_surface_shows_a_secret(
         "ldap_wrong": f"127.0.0.1:{slapd.ldaps_port}",
         "smb_login": f"127.0.0.1:{samba.port}",
         "smb_wrong": f"127.0.0.1:{samba.port}",
+        "vsphere_login": f"127.0.0.1:{vcenter.port}",
+        "vsphere_wrong": f"127.0.0.1:{vcenter.port}",
+        "xapi_login": f"127.0.0.1:{xapi.port}",
+        "xapi_wrong": f"127.0.0.1:{xapi.port}",
     }
     surfaces: dict[str, str] = {}
 
     with run_exporter(config, tmp_path, global_args=["--log-level", "debug"]) as exporter:
-        surfaces["/metrics"] = wait_for_every_flow(exporter, (*FLOWS, "db_oracle"))
+        surfaces["/metrics"] = wait_for_every_flow(
+            exporter, (*FLOWS, *INFRASTRUCTURE_FLOWS, "db_oracle")
+        )
         surfaces["/"] = exporter.get("/")[1]
-        for flow in FLOWS:
+        for flow in (*FLOWS, *INFRASTRUCTURE_FLOWS):
             target = probe_targets.get(flow, f"127.0.0.1:{own.port}")
             status, body = exporter.get(f"/probe?module={flow}&target={target}&debug=true")
             assert status == 200
@@ -493,6 +566,12 @@ def test_no_output_surface_shows_a_secret(
     # the SMB passwords reached smbd: one login and tree connect passed, the other was refused
     assert f"tree connect to ADMIN$ as {samba.user}" in surfaces["/probe smb_login"]
     assert "STATUS_LOGON_FAILURE (0xC000006D)" in surfaces["/probe smb_wrong"]
+    # the vSphere and XAPI passwords reached their fakes: one login each accepted, one refused
+    assert "accepted and logged out" in surfaces["/probe vsphere_login"]
+    assert "Login answered with fault InvalidLogin" in surfaces["/probe vsphere_wrong"]
+    assert "login as 'root' accepted, logged out" in surfaces["/probe xapi_login"]
+    assert "SESSION_AUTHENTICATION_FAILED" in surfaces["/probe xapi_wrong"]
+    assert "flow xapi_login: a login over plain HTTP" in surfaces["debug log"]
 
     for fmt in ("table", "json", "junit"):
         done = run_debug_cli("check", "--config", str(config), "--format", fmt, "--no-progress")
@@ -519,6 +598,13 @@ def test_no_output_surface_shows_a_secret(
 
     leaks = {name: found_secrets(text) for name, text in surfaces.items() if found_secrets(text)}
     assert leaks == {}
+    # the sessions the logins opened are credentials too: no vmware_soap_session cookie and
+    # no XAPI session reference shows anywhere
+    session_tokens = [*vcenter.sessions, *xapi.issued]
+    assert len(xapi.issued) >= 2
+    assert [
+        name for name, text in surfaces.items() if any(token in text for token in session_tokens)
+    ] == []
     http_secrets = [secret for secret in SECRETS if secret != SQL_WRONG_PASSWORD]
     assert sorted(found_secrets(own.text())) == sorted(http_secrets)  # every setting was used
     assert {(SQL_USER, True), (SQL_USER, False)} <= set(sql.logins)  # both passwords were sent

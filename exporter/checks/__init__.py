@@ -8,7 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from exporter.checks import db2, https, icmp, ldap, mssql, netbios, oracle_tns, smb, ssh, tcp, tls
+from exporter.checks import (
+    db2,
+    https,
+    icmp,
+    ldap,
+    mssql,
+    netbios,
+    oracle_tns,
+    smb,
+    ssh,
+    tcp,
+    tls,
+    vsphere,
+    xenapi,
+)
 from exporter.checks.base import AnyCheckSpec, CheckContext, CheckSettings, CheckSpec, Target
 
 CHECKS: Mapping[str, AnyCheckSpec] = {
@@ -29,6 +43,8 @@ CHECKS: Mapping[str, AnyCheckSpec] = {
         ldap.LDAP_SPEC,
         ldap.LDAPS_SPEC,
         smb.SPEC,
+        vsphere.SPEC,
+        xenapi.SPEC,
     )
 }
 

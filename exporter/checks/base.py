@@ -46,6 +46,14 @@ class CheckSettings(BaseModel):
         for name, value in super().__repr_args__():
             yield name, (hide_secrets(value) if name in hidden else value)
 
+    def load_warnings(self) -> tuple[str, ...]:
+        """Sentences to warn about when a config loads these valid but risky settings.
+
+        The config loader adds each, prefixed with the flow id, to its warnings (a password
+        that the settings send in clear, for instance). None by default.
+        """
+        return ()
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
