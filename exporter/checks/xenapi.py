@@ -73,6 +73,9 @@ class XenApiSettings(TlsSettings):
     def _login_pairs(self) -> XenApiSettings:
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
+        tls_only = sorted(set(TlsSettings.model_fields) & self.model_fields_set)
+        if tls_only and not self.tls:
+            raise ValueError(f"{', '.join(tls_only)} applies with tls: true only")
         return self
 
     def load_warnings(self) -> tuple[str, ...]:

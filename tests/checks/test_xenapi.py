@@ -315,6 +315,9 @@ def test_settings_validation() -> None:
         XenApiSettings(username=USER)
     with pytest.raises(pydantic.ValidationError, match="Extra inputs are not permitted"):
         XenApiSettings.model_validate({"ssl": True})
+    with pytest.raises(pydantic.ValidationError, match="ca_file applies with tls: true only"):
+        XenApiSettings(ca_file="/etc/ssl/xen-ca.pem")  # would be silently ignored otherwise
+    assert XenApiSettings(tls=True, ca_file="/etc/ssl/xen-ca.pem").ca_file == "/etc/ssl/xen-ca.pem"
 
 
 def test_catalogue_flow_runs_the_xenapi_check_and_warns_of_a_clear_text_login() -> None:
