@@ -22,7 +22,9 @@ from exporter.errors import ConfigError, CredentialError
 from exporter.secrets import Secret, SecretRef, redact_url, reveal, unreadable_secrets
 from tests.fakes.tds import TdsFake, tds_server_thread
 from tests.peers.exporter import RunningExporter, run_exporter
+from tests.peers.nginx import Nginx
 from tests.peers.slapd import USER_PASSWORD, Slapd
+from tests.peers.squid import PROXY_PASSWORD, Squid
 from tests.peers.tns_listener import TnsListener, run_tns_listener
 
 POLL_DEADLINE_S = 20.0
@@ -37,6 +39,8 @@ SQL_USER = "monitor"
 ORACLE_PASSWORD = "S3CR3T-ORACLE-PW-3d9e"  # passed to the database driver, never sent by HTTP
 LDAP_WRONG_PASSWORD = "S3CR3T-LDAP-WRONG-0b7d"
 LDAP_SECRETS = (USER_PASSWORD, LDAP_WRONG_PASSWORD)  # the bind password by file, a wrong one inline
+PROXY_WRONG_PASSWORD = "S3CR3T-PROXY-WRONG-8c2d"
+PROXY_SECRETS = (PROXY_PASSWORD, PROXY_WRONG_PASSWORD)  # the proxy's password by file, a wrong one
 QUERY_VARIABLE = "CFE_TEST_QUERY_TOKEN"
 COOKIE_VARIABLE = "CFE_TEST_COOKIE"
 MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs for seconds only
@@ -44,7 +48,8 @@ MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs fo
 
 def found_secrets(text: str) -> list[str]:
     """The test secrets that occur in `text`."""
-    return [secret for secret in (*SECRETS, ORACLE_PASSWORD, *LDAP_SECRETS) if secret in text]
+    every = (*SECRETS, ORACLE_PASSWORD, *LDAP_SECRETS, *PROXY_SECRETS)
+    return [secret for secret in every if secret in text]
 
 
 # --- references -----------------------------------------------------------------------------
@@ -348,6 +353,19 @@ def ldap_flows(slapd: Slapd, password_file: Path) -> str:
     )
 
 
+def proxy_flows(nginx: Nginx, squid: Squid, password_file: Path) -> str:
+    """Two HTTPS flows through squid's auth port: the password by file, and a wrong one inline."""
+    common = (
+        f'    check: https\n    target: "127.0.0.1:{nginx.valid_port}"\n'
+        f"    ca_file: {nginx.pki.ca_cert}\n    server_name: localhost\n    path: /health\n"
+        f'    proxy: "http://127.0.0.1:{squid.auth_port}"\n    proxy_username: {squid.username}\n'
+    )
+    return (
+        f"  - id: proxied\n{common}    proxy_password: {{file: {password_file}}}\n"
+        f"  - id: proxied_wrong\n{common}    proxy_password: {PROXY_WRONG_PASSWORD}\n"
+    )
+
+
 FLOWS = (
     "api_inline",
     "api_by_reference",
@@ -357,6 +375,8 @@ FLOWS = (
     "sql_wrong",
     "ldap_bind",
     "ldap_wrong",
+    "proxied",
+    "proxied_wrong",
 )
 
 
@@ -412,20 +432,38 @@ def databases(sql: TdsFake, tns: TnsListener, slapd: Slapd) -> DatabasePeers:
     return DatabasePeers(sql, tns, slapd)
 
 
+@dataclass(frozen=True)
+class ProxyPeers:
+    """A real squid demanding basic auth, in front of the real nginx."""
+
+    nginx: Nginx
+    squid: Squid
+
+
+@pytest.fixture
+def proxied(nginx: Nginx, squid: Squid) -> ProxyPeers:
+    """The proxy flows' peers, together."""
+    return ProxyPeers(nginx, squid)
+
+
 def test_no_output_surface_shows_a_secret(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     peers: tuple[CapturingPeer, CapturingPeer],
     databases: DatabasePeers,
+    proxied: ProxyPeers,
 ) -> None:
     """Metrics, page, probe debug, debug log, check output, validate and reload errors show
     no secret, while the flow's own target did receive every one of them."""
     sql, tns, slapd = databases.sql, databases.tns, databases.slapd
+    nginx, squid = proxied.nginx, proxied.squid
     own, other = peers
     secret_file = tmp_path / "api-key"
     secret_file.write_text(FILE_HEADER + "\n", encoding="utf-8")
     ldap_password_file = tmp_path / "ldap-password"
     ldap_password_file.write_text(USER_PASSWORD + "\n", encoding="utf-8")
+    proxy_password_file = tmp_path / "proxy-password"
+    proxy_password_file.write_text(PROXY_PASSWORD + "\n", encoding="utf-8")
     monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
     monkeypatch.setenv(COOKIE_VARIABLE, ENV_COOKIE)
     config = tmp_path / "config.yaml"
@@ -433,6 +471,7 @@ def test_no_output_surface_shows_a_secret(
         sql_flows(secret_file, sql.port)
         + ldap_flows(slapd, ldap_password_file)
         + oracle_flow(tns.port)
+        + proxy_flows(nginx, squid, proxy_password_file)
     )
     write_config(config, secret_file, own.port, extra)
     probe_targets = {
@@ -440,6 +479,8 @@ def test_no_output_surface_shows_a_secret(
         "sql_wrong": f"127.0.0.1:{sql.port}",
         "ldap_bind": f"127.0.0.1:{slapd.ldap_port}",
         "ldap_wrong": f"127.0.0.1:{slapd.ldaps_port}",
+        "proxied": f"127.0.0.1:{nginx.valid_port}",
+        "proxied_wrong": f"127.0.0.1:{nginx.valid_port}",
     }
     surfaces: dict[str, str] = {}
 
@@ -472,6 +513,9 @@ def test_no_output_surface_shows_a_secret(
     # the LDAP passwords reached slapd: one bind succeeded, the other was refused
     assert f"bound as 'dn:{slapd.user_dn}'" in surfaces["/probe ldap_bind"]
     assert "bind failed: invalidCredentials (49)" in surfaces["/probe ldap_wrong"]
+    # both proxy passwords reached squid: one tunnel opened, the other was refused
+    assert f"through proxy http://127.0.0.1:{squid.auth_port}" in surfaces["/probe proxied"]
+    assert "credentials rejected" in surfaces["/probe proxied_wrong"]
 
     for fmt in ("table", "json", "junit"):
         done = run_cli("check", "--config", str(config), "--format", fmt, "--no-progress")

@@ -14,10 +14,11 @@ from tests.peers import netns as peers_netns
 from tests.peers import nginx as peers_nginx
 from tests.peers import pki as peers_pki
 from tests.peers import slapd as peers_slapd
+from tests.peers import squid as peers_squid
 from tests.peers import sshd as peers_sshd
 from tests.peers.derby import derby
 
-__all__ = ["derby", "isolated_host", "nginx", "pki", "slapd", "sshd"]
+__all__ = ["derby", "isolated_host", "nginx", "pki", "slapd", "squid", "sshd"]
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +45,13 @@ def nginx(pki: peers_pki.Pki) -> Iterator[peers_nginx.Nginx]:
 def slapd(pki: peers_pki.Pki) -> Iterator[peers_slapd.Slapd]:
     """A real OpenLDAP slapd whose RootDSE reads like an Active Directory global catalog."""
     with peers_slapd.run_slapd(pki, root_dse=peers_slapd.AD_GLOBAL_CATALOG) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def squid() -> Iterator[peers_squid.Squid]:
+    """A real squid with an open port, a basic-auth port and one destination port denied."""
+    with peers_squid.run_squid() as server:
         yield server
 
 
