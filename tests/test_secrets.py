@@ -25,6 +25,7 @@ from tests.peers.exporter import RunningExporter, run_exporter
 from tests.peers.nginx import Nginx
 from tests.peers.slapd import USER_PASSWORD, Slapd
 from tests.peers.squid import PROXY_PASSWORD, Squid
+from tests.peers.sshd import KEY_PASSPHRASE, LOGIN_PASSWORD, Sshd
 from tests.peers.tns_listener import TnsListener, run_tns_listener
 
 POLL_DEADLINE_S = 20.0
@@ -41,6 +42,8 @@ LDAP_WRONG_PASSWORD = "S3CR3T-LDAP-WRONG-0b7d"
 LDAP_SECRETS = (USER_PASSWORD, LDAP_WRONG_PASSWORD)  # the bind password by file, a wrong one inline
 PROXY_WRONG_PASSWORD = "S3CR3T-PROXY-WRONG-8c2d"
 PROXY_SECRETS = (PROXY_PASSWORD, PROXY_WRONG_PASSWORD)  # the proxy's password by file, a wrong one
+SSH_WRONG_PASSWORD = "S3CR3T-SSH-WRONG-3f7a"
+SSH_SECRETS = (LOGIN_PASSWORD, SSH_WRONG_PASSWORD, KEY_PASSPHRASE)
 QUERY_VARIABLE = "CFE_TEST_QUERY_TOKEN"
 COOKIE_VARIABLE = "CFE_TEST_COOKIE"
 MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs for seconds only
@@ -48,7 +51,7 @@ MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs fo
 
 def found_secrets(text: str) -> list[str]:
     """The test secrets that occur in `text`."""
-    every = (*SECRETS, ORACLE_PASSWORD, *LDAP_SECRETS, *PROXY_SECRETS)
+    every = (*SECRETS, ORACLE_PASSWORD, *LDAP_SECRETS, *PROXY_SECRETS, *SSH_SECRETS)
     return [secret for secret in every if secret in text]
 
 
@@ -366,6 +369,19 @@ def proxy_flows(nginx: Nginx, squid: Squid, password_file: Path) -> str:
     )
 
 
+def ssh_flows(sshd: Sshd, password_file: Path) -> str:
+    """SSH logins: the password by file, a wrong one inline, an encrypted key and its passphrase."""
+    common = (
+        f'    check: ssh\n    target: "127.0.0.1:{sshd.port}"\n    username: {sshd.login_user}\n'
+    )
+    return (
+        f"  - id: ssh_login\n{common}    password: {{file: {password_file}}}\n"
+        f"  - id: ssh_wrong\n{common}    password: {SSH_WRONG_PASSWORD}\n"
+        f"  - id: ssh_key\n{common}    client_keys: [{{file: {sshd.encrypted_client_key}}}]\n"
+        f'    client_key_passphrase: "{KEY_PASSPHRASE}"\n'
+    )
+
+
 FLOWS = (
     "api_inline",
     "api_by_reference",
@@ -377,6 +393,9 @@ FLOWS = (
     "ldap_wrong",
     "proxied",
     "proxied_wrong",
+    "ssh_login",
+    "ssh_wrong",
+    "ssh_key",
 )
 
 
@@ -434,16 +453,17 @@ def databases(sql: TdsFake, tns: TnsListener, slapd: Slapd) -> DatabasePeers:
 
 @dataclass(frozen=True)
 class ProxyPeers:
-    """A real squid demanding basic auth, in front of the real nginx."""
+    """A real squid demanding basic auth in front of the real nginx, and the real sshd."""
 
     nginx: Nginx
     squid: Squid
+    sshd: Sshd
 
 
 @pytest.fixture
-def proxied(nginx: Nginx, squid: Squid) -> ProxyPeers:
-    """The proxy flows' peers, together."""
-    return ProxyPeers(nginx, squid)
+def proxied(nginx: Nginx, squid: Squid, sshd: Sshd) -> ProxyPeers:
+    """The proxy flows' peers and the SSH server of the login flows, together."""
+    return ProxyPeers(nginx, squid, sshd)
 
 
 def test_no_output_surface_shows_a_secret(
@@ -456,7 +476,7 @@ def test_no_output_surface_shows_a_secret(
     """Metrics, page, probe debug, debug log, check output, validate and reload errors show
     no secret, while the flow's own target did receive every one of them."""
     sql, tns, slapd = databases.sql, databases.tns, databases.slapd
-    nginx, squid = proxied.nginx, proxied.squid
+    nginx, squid, sshd = proxied.nginx, proxied.squid, proxied.sshd
     own, other = peers
     secret_file = tmp_path / "api-key"
     secret_file.write_text(FILE_HEADER + "\n", encoding="utf-8")
@@ -464,6 +484,8 @@ def test_no_output_surface_shows_a_secret(
     ldap_password_file.write_text(USER_PASSWORD + "\n", encoding="utf-8")
     proxy_password_file = tmp_path / "proxy-password"
     proxy_password_file.write_text(PROXY_PASSWORD + "\n", encoding="utf-8")
+    ssh_password_file = tmp_path / "ssh-password"
+    ssh_password_file.write_text(LOGIN_PASSWORD + "\n", encoding="utf-8")
     monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
     monkeypatch.setenv(COOKIE_VARIABLE, ENV_COOKIE)
     config = tmp_path / "config.yaml"
@@ -472,6 +494,7 @@ def test_no_output_surface_shows_a_secret(
         + ldap_flows(slapd, ldap_password_file)
         + oracle_flow(tns.port)
         + proxy_flows(nginx, squid, proxy_password_file)
+        + ssh_flows(sshd, ssh_password_file)
     )
     write_config(config, secret_file, own.port, extra)
     probe_targets = {
@@ -481,6 +504,9 @@ def test_no_output_surface_shows_a_secret(
         "ldap_wrong": f"127.0.0.1:{slapd.ldaps_port}",
         "proxied": f"127.0.0.1:{nginx.valid_port}",
         "proxied_wrong": f"127.0.0.1:{nginx.valid_port}",
+        "ssh_login": f"127.0.0.1:{sshd.port}",
+        "ssh_wrong": f"127.0.0.1:{sshd.port}",
+        "ssh_key": f"127.0.0.1:{sshd.port}",
     }
     surfaces: dict[str, str] = {}
 
@@ -516,6 +542,10 @@ def test_no_output_surface_shows_a_secret(
     # both proxy passwords reached squid: one tunnel opened, the other was refused
     assert f"through proxy http://127.0.0.1:{squid.auth_port}" in surfaces["/probe proxied"]
     assert "credentials rejected" in surfaces["/probe proxied_wrong"]
+    # the SSH password and the key's passphrase reached their use: two logins, one refusal
+    assert f"logged in as '{sshd.login_user}' (password)" in surfaces["/probe ssh_login"]
+    assert f"logged in as '{sshd.login_user}' (key)" in surfaces["/probe ssh_key"]
+    assert f"login as '{sshd.login_user}' refused" in surfaces["/probe ssh_wrong"]
 
     for fmt in ("table", "json", "junit"):
         done = run_cli("check", "--config", str(config), "--format", fmt, "--no-progress")
