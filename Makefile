@@ -15,12 +15,18 @@ APT_BINARIES = /usr/sbin/sshd /usr/sbin/nginx /usr/bin/prometheus /usr/bin/promt
 	/usr/bin/nmap \
 	/usr/sbin/squid /usr/lib/squid/basic_ncsa_auth
 
+# pysap (OWASP), the independent SAP NI client that proves tests/peers/sap_ni_fake.py. It pins
+# cryptography<49, older than the exporter's; the tests use only its NI layer, which needs scapy
+# alone (a test dependency), so it is installed without its pins.
+PYSAP = pysap==0.2.1
+
 .PHONY: run test lint typecheck pytest system-packages clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet --no-deps $(PYSAP)
 	touch $@
 
 run: $(VENV)/.installed
