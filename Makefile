@@ -7,13 +7,20 @@ APT_PACKAGES = openssh-server nginx prometheus iptables nftables iproute2 iputil
 	freetds-bin \
 	samba smbclient samba-common-bin \
 	derby-tools libderby-java libderbyclient-java default-jre-headless \
-	nmap
+	nmap \
+	squid
 APT_BINARIES = /usr/sbin/sshd /usr/sbin/nginx /usr/bin/prometheus /usr/bin/promtool /usr/sbin/iptables-nft /usr/sbin/nft /usr/bin/ping /usr/bin/openssl \
 	/usr/sbin/slapd /usr/bin/ldapwhoami \
 	/usr/bin/tsql \
 	/usr/sbin/smbd /usr/sbin/nmbd /usr/libexec/samba/samba-dcerpcd /usr/bin/smbclient /usr/bin/nmblookup /usr/bin/smbpasswd \
 	/usr/bin/ij /usr/bin/java \
-	/usr/bin/nmap
+	/usr/bin/nmap \
+	/usr/sbin/squid /usr/lib/squid/basic_ncsa_auth
+
+# pysap (OWASP), the independent SAP NI client that proves tests/peers/sap_ni_fake.py. It pins
+# cryptography<49, older than the exporter's; the tests use only its NI layer, which needs scapy
+# alone (a test dependency), so it is installed without its pins.
+PYSAP = pysap==0.2.1
 
 .PHONY: run test lint typecheck pytest system-packages clean
 
@@ -21,6 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet --no-deps $(PYSAP)
 	touch $@
 
 run: $(VENV)/.installed

@@ -991,6 +991,12 @@ class _Resolver:
                             f"check {runs} takes no port: write the host or network alone",
                         )
                     )
+        if runs is not None and settings is not None:
+            written = [((*path, "port"), block.port)] + [
+                ((*path, "targets", index), endpoint.port)
+                for index, endpoint in enumerate(block.targets or [])
+            ]
+            self._check_ports(CHECKS[runs], settings, written)
         interval = block.interval or self.config.defaults.interval
         timeout = block.timeout or self.config.defaults.timeout
         if timeout > interval and (block.timeout is not None or block.interval is not None):
@@ -999,6 +1005,34 @@ class _Resolver:
                 self.lines.problem((*path, key), "timeout must not exceed the interval")
             )
         return settings if len(self.problems) == known else None
+
+    def _check_ports(
+        self,
+        spec: AnyCheckSpec,
+        settings: CheckSettings,
+        written: list[tuple[tuple[str | int, ...], int | None]],
+    ) -> None:
+        """Ports written for a check with a port range (SAP's 32NN), or beside a setting that
+        names the port itself (an SAP instance), must agree with it; one problem each."""
+        named = spec.settings_port(settings) if spec.settings_port is not None else None
+        for where, port in written:
+            if port is None:
+                continue
+            if spec.port_range is not None and not spec.port_range[0] <= port <= spec.port_range[1]:
+                low, high = spec.port_range
+                self.problems.append(
+                    self.lines.problem(
+                        where, f"check {spec.name} takes ports {low}-{high}, not {port}"
+                    )
+                )
+            elif named is not None and port != named:
+                self.problems.append(
+                    self.lines.problem(
+                        where,
+                        f"port {port} contradicts the settings, which name port {named} "
+                        "(write one or the other)",
+                    )
+                )
 
     def _jobs(
         self,
@@ -1017,7 +1051,17 @@ class _Resolver:
         for where, message in unreadable_secrets(settings):
             self.problems.append(self.lines.problem((*path, *where), message))
         self.warnings.extend(f"flow {flow_id}: {warning}" for warning in settings.load_warnings())
-        port = override.port or default_port
+        if override.targets is None:  # the role's targets; the flow's own were checked already
+            self._check_ports(
+                spec,
+                settings,
+                [
+                    ((*endpoints_path, index), endpoint.port)
+                    for index, endpoint in enumerate(endpoints)
+                ],
+            )
+        named = spec.settings_port(settings) if spec.settings_port is not None else None
+        port = override.port or named or default_port
         interval = override.interval or self.config.defaults.interval
         timeout = override.timeout or self.config.defaults.timeout
         if timeout > interval:

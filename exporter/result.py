@@ -32,6 +32,7 @@ class Phase(enum.StrEnum):
 
     RESOLVE = "resolve"
     CONNECT = "connect"
+    PROXY = "proxy"  # the CONNECT exchange with an HTTP proxy, before the destination's TLS
     TLS = "tls"
     HANDSHAKE = "handshake"
     AUTH = "auth"

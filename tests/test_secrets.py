@@ -21,10 +21,13 @@ from exporter.errors import ConfigError, CredentialError
 from exporter.secrets import Secret, SecretRef, redact_url, reveal, unreadable_secrets
 from tests.fakes.tds import TdsFake, tds_server_thread
 from tests.peers.exporter import RunningExporter, run_cli, run_exporter
+from tests.peers.nginx import Nginx
 from tests.peers.pki import Pki
 from tests.peers.samba_smb import USER_PASSWORD as SMB_PASSWORD
 from tests.peers.samba_smb import SambaSmb
 from tests.peers.slapd import USER_PASSWORD, Slapd
+from tests.peers.squid import PROXY_PASSWORD, Squid
+from tests.peers.sshd import KEY_PASSPHRASE, LOGIN_PASSWORD, Sshd
 from tests.peers.tns_listener import TnsListener, run_tns_listener
 from tests.peers.vsphere_fake import USER as VSPHERE_USER
 from tests.peers.vsphere_fake import VCENTER, VsphereFake, run_vsphere_fake
@@ -56,6 +59,10 @@ INFRASTRUCTURE_SECRETS = (
     XAPI_WRONG_PASSWORD,
 )
 XAPI_VARIABLE = "CFE_TEST_XAPI_PASSWORD"
+PROXY_WRONG_PASSWORD = "S3CR3T-PROXY-WRONG-8c2d"
+PROXY_SECRETS = (PROXY_PASSWORD, PROXY_WRONG_PASSWORD)  # the proxy's password by file, a wrong one
+SSH_WRONG_PASSWORD = "S3CR3T-SSH-WRONG-3f7a"
+SSH_SECRETS = (LOGIN_PASSWORD, SSH_WRONG_PASSWORD, KEY_PASSPHRASE)
 QUERY_VARIABLE = "CFE_TEST_QUERY_TOKEN"
 COOKIE_VARIABLE = "CFE_TEST_COOKIE"
 MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs for seconds only
@@ -69,6 +76,8 @@ def found_secrets(text: str) -> list[str]:
         *LDAP_SECRETS,
         *SMB_SECRETS,
         *INFRASTRUCTURE_SECRETS,
+        *PROXY_SECRETS,
+        *SSH_SECRETS,
     )
     return [secret for secret in everything if secret in text]
 
@@ -403,6 +412,34 @@ def infrastructure_flows(
 
 
 INFRASTRUCTURE_FLOWS = ("vsphere_login", "vsphere_wrong", "xapi_login", "xapi_wrong")
+
+
+def proxy_flows(nginx: Nginx, squid: Squid, password_file: Path) -> str:
+    """Two HTTPS flows through squid's auth port: the password by file, and a wrong one inline."""
+    common = (
+        f'    check: https\n    target: "127.0.0.1:{nginx.valid_port}"\n'
+        f"    ca_file: {nginx.pki.ca_cert}\n    server_name: localhost\n    path: /health\n"
+        f'    proxy: "http://127.0.0.1:{squid.auth_port}"\n    proxy_username: {squid.username}\n'
+    )
+    return (
+        f"  - id: proxied\n{common}    proxy_password: {{file: {password_file}}}\n"
+        f"  - id: proxied_wrong\n{common}    proxy_password: {PROXY_WRONG_PASSWORD}\n"
+    )
+
+
+def ssh_flows(sshd: Sshd, password_file: Path) -> str:
+    """SSH logins: the password by file, a wrong one inline, an encrypted key and its passphrase."""
+    common = (
+        f'    check: ssh\n    target: "127.0.0.1:{sshd.port}"\n    username: {sshd.login_user}\n'
+    )
+    return (
+        f"  - id: ssh_login\n{common}    password: {{file: {password_file}}}\n"
+        f"  - id: ssh_wrong\n{common}    password: {SSH_WRONG_PASSWORD}\n"
+        f"  - id: ssh_key\n{common}    client_keys: [{{file: {sshd.encrypted_client_key}}}]\n"
+        f'    client_key_passphrase: "{KEY_PASSPHRASE}"\n'
+    )
+
+
 FLOWS = (
     "api_inline",
     "api_by_reference",
@@ -414,6 +451,11 @@ FLOWS = (
     "ldap_wrong",
     "smb_login",
     "smb_wrong",
+    "proxied",
+    "proxied_wrong",
+    "ssh_login",
+    "ssh_wrong",
+    "ssh_key",
 )
 
 
@@ -451,23 +493,29 @@ def run_debug_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @dataclass(frozen=True)
 class InfrastructurePeers:
-    """The fake vCenter and XAPI whose logins carry the test passwords."""
+    """The fake vCenter and XAPI whose logins carry the test passwords, a real squid demanding
+    basic auth in front of the real nginx, and the real sshd of the login flows."""
 
     vcenter: VsphereFake
     xapi: XapiFake
     ca_file: Path
+    nginx: Nginx
+    squid: Squid
+    sshd: Sshd
 
 
 @pytest.fixture
-def infrastructure(pki: Pki) -> Iterator[InfrastructurePeers]:
-    """A fake vCenter and a fake XAPI, each knowing its test password."""
+def infrastructure(
+    pki: Pki, nginx: Nginx, squid: Squid, sshd: Sshd
+) -> Iterator[InfrastructurePeers]:
+    """A fake vCenter and a fake XAPI, each knowing its test password, and the real servers."""
     with (
         run_vsphere_fake(
             VCENTER, pki.valid.cert, pki.valid.key, password=VSPHERE_PASSWORD
         ) as vcenter,
         run_xapi_fake(password=XAPI_PASSWORD) as xapi,
     ):
-        yield InfrastructurePeers(vcenter, xapi, pki.ca_cert)
+        yield InfrastructurePeers(vcenter, xapi, pki.ca_cert, nginx, squid, sshd)
 
 
 @dataclass(frozen=True)
@@ -496,6 +544,7 @@ def test_no_output_surface_shows_a_secret(
     """Metrics, page, probe debug, debug log, check output, validate and reload errors show
     no secret, while the flow's own target did receive every one of them."""
     sql, tns, slapd, samba = databases.sql, databases.tns, databases.slapd, databases.samba
+    nginx, squid, sshd = infrastructure.nginx, infrastructure.squid, infrastructure.sshd
     own, other = peers
     secret_file = tmp_path / "api-key"
     secret_file.write_text(FILE_HEADER + "\n", encoding="utf-8")
@@ -507,6 +556,10 @@ def test_no_output_surface_shows_a_secret(
     vsphere_password_file.write_text(VSPHERE_PASSWORD + "\n", encoding="utf-8")
     vcenter, xapi = infrastructure.vcenter, infrastructure.xapi
     monkeypatch.setenv(XAPI_VARIABLE, XAPI_PASSWORD)
+    proxy_password_file = tmp_path / "proxy-password"
+    proxy_password_file.write_text(PROXY_PASSWORD + "\n", encoding="utf-8")
+    ssh_password_file = tmp_path / "ssh-password"
+    ssh_password_file.write_text(LOGIN_PASSWORD + "\n", encoding="utf-8")
     monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
     monkeypatch.setenv(COOKIE_VARIABLE, ENV_COOKIE)
     config = tmp_path / "config.yaml"
@@ -516,6 +569,8 @@ def test_no_output_surface_shows_a_secret(
         + smb_flows(samba, smb_password_file)
         + oracle_flow(tns.port)
         + infrastructure_flows(vcenter, xapi, infrastructure.ca_file, vsphere_password_file)
+        + proxy_flows(nginx, squid, proxy_password_file)
+        + ssh_flows(sshd, ssh_password_file)
     )
     write_config(config, secret_file, own.port, extra)
     probe_targets = {
@@ -529,6 +584,11 @@ def test_no_output_surface_shows_a_secret(
         "vsphere_wrong": f"127.0.0.1:{vcenter.port}",
         "xapi_login": f"127.0.0.1:{xapi.port}",
         "xapi_wrong": f"127.0.0.1:{xapi.port}",
+        "proxied": f"127.0.0.1:{nginx.valid_port}",
+        "proxied_wrong": f"127.0.0.1:{nginx.valid_port}",
+        "ssh_login": f"127.0.0.1:{sshd.port}",
+        "ssh_wrong": f"127.0.0.1:{sshd.port}",
+        "ssh_key": f"127.0.0.1:{sshd.port}",
     }
     surfaces: dict[str, str] = {}
 
@@ -572,6 +632,13 @@ def test_no_output_surface_shows_a_secret(
     assert "login as 'root' accepted, logged out" in surfaces["/probe xapi_login"]
     assert "SESSION_AUTHENTICATION_FAILED" in surfaces["/probe xapi_wrong"]
     assert "flow xapi_login: a login over plain HTTP" in surfaces["debug log"]
+    # both proxy passwords reached squid: one tunnel opened, the other was refused
+    assert f"through proxy http://127.0.0.1:{squid.auth_port}" in surfaces["/probe proxied"]
+    assert "credentials rejected" in surfaces["/probe proxied_wrong"]
+    # the SSH password and the key's passphrase reached their use: two logins, one refusal
+    assert f"logged in as '{sshd.login_user}' (password)" in surfaces["/probe ssh_login"]
+    assert f"logged in as '{sshd.login_user}' (key)" in surfaces["/probe ssh_key"]
+    assert f"login as '{sshd.login_user}' refused" in surfaces["/probe ssh_wrong"]
 
     for fmt in ("table", "json", "junit"):
         done = run_debug_cli("check", "--config", str(config), "--format", fmt, "--no-progress")

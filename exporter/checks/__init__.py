@@ -16,6 +16,7 @@ from exporter.checks import (
     mssql,
     netbios,
     oracle_tns,
+    sap,
     smb,
     ssh,
     tcp,
@@ -45,6 +46,7 @@ CHECKS: Mapping[str, AnyCheckSpec] = {
         smb.SPEC,
         vsphere.SPEC,
         xenapi.SPEC,
+        sap.SPEC,
     )
 }
 

@@ -196,6 +196,10 @@ class CheckSpec(Generic[SettingsT]):
     `classify` maps the errors of the check's library (ldap3, pymssql, ...) in one place, the
     most specific first, with the library's codes in the detail; `exporter.classify` consults
     it before the generic mapping, and anything it returns None for falls through to that.
+
+    `port_range` (inclusive) is where a protocol lives by definition (SAP dispatchers on
+    3200-3299): the config refuses other ports for the check. `settings_port` gives the port a
+    setting names (an SAP instance number), used where no port is written.
     """
 
     name: str
@@ -204,6 +208,8 @@ class CheckSpec(Generic[SettingsT]):
     summary: str
     uses_port: bool = True
     classify: Classifier | None = None
+    port_range: tuple[int, int] | None = None
+    settings_port: Callable[[SettingsT], int | None] | None = None
 
 
 AnyCheckSpec = CheckSpec[Any]

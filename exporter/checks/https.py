@@ -4,6 +4,11 @@ The HTTP/1.1 exchange is written by hand on top of the shared connect/TLS steps 
 phase is timed on its own and a hostile server is bounded: headers at most 64 KiB, the body read
 only when a body pattern is configured and then at most `max_body_bytes`.
 
+`https` can go through a forward proxy (`proxy: http://host:port`, or `proxy: env` for the
+environment's `HTTPS_PROXY` and `NO_PROXY`): each request then travels in a CONNECT tunnel
+(`exporter.checks.http_proxy`, which also classifies the proxy's refusals), a redirect's hop
+included, unless `no_proxy` names its host.
+
 A flow's own request settings (`headers`, `query`, `server_name`) go to the flow's own origin
 only: a redirect to another origin is followed with none of them (see `_origin`). Every path or
 URL shown in a detail or a debug line passes through `redact_url`.
@@ -17,10 +22,12 @@ from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import quote, urljoin, urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from exporter import __version__
+from exporter.checks import http_proxy
 from exporter.checks.base import CheckContext, CheckSpec, Target
+from exporter.checks.http_proxy import Proxy, ProxyCredentials
 from exporter.checks.net import STREAM_LIMIT, TlsSettings, close_stream, open_stream, start_tls
 from exporter.checks.tls import expiry_note
 from exporter.errors import CheckFailure, CredentialError
@@ -93,6 +100,72 @@ class HttpSettings(TlsSettings):
 
 
 _BAD_HEADER_VALUE = "the value has a line break, a NUL or a character outside Latin-1"
+_NO_PROXY_ENTRY = re.compile(r"\*|[0-9A-Za-z_.:-]+(?:/\d{1,3})?")
+
+
+class HttpsSettings(HttpSettings):
+    """Options of the HTTPS check: the HTTP and TLS options, and a forward proxy."""
+
+    proxy: str | None = Field(
+        default=None,
+        description=(
+            "`http://host:port` of a forward proxy to tunnel through (CONNECT), or `env` for "
+            "the environment's HTTPS_PROXY (and NO_PROXY); default: no proxy."
+        ),
+    )
+    proxy_username: str | None = Field(default=None, description="Basic auth user at the proxy.")
+    proxy_password: Secret | None = Field(
+        default=None, description="Basic auth password at the proxy; inline, {file: …}, {env: …}."
+    )
+    no_proxy: list[str] = Field(
+        default_factory=list,
+        description="Hosts reached directly: names (with their subdomains), addresses, CIDRs, *.",
+    )
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, proxy: str | None) -> str | None:
+        if proxy is None or proxy == http_proxy.ENVIRONMENT:
+            return proxy
+        _, _, username, password = http_proxy.parse_proxy_url(proxy)
+        if username is not None or password is not None:
+            raise ValueError(
+                "credentials in the proxy URL would be shown wherever the URL is: use "
+                "proxy_username and proxy_password"
+            )
+        return proxy
+
+    @field_validator("no_proxy")
+    @classmethod
+    def _no_proxy_entries(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            if not _NO_PROXY_ENTRY.fullmatch(entry):
+                raise ValueError(f"{entry!r} is not a host, domain, address, CIDR or *")
+        return [entry.lower() for entry in entries]
+
+    @model_validator(mode="after")
+    def _proxy_credentials(self) -> HttpsSettings:
+        if (self.proxy_username is None) != (self.proxy_password is None):
+            raise ValueError("proxy_username and proxy_password go together")
+        if self.proxy_username is not None and ":" in self.proxy_username:
+            raise ValueError("proxy_username cannot hold ':' (RFC 7617 basic authentication)")
+        if self.proxy is None and (self.proxy_username is not None or self.no_proxy):
+            raise ValueError("proxy_username, proxy_password and no_proxy need a proxy")
+        return self
+
+
+def _proxy(settings: HttpSettings) -> Proxy | None:
+    """The proxy of this run (None: direct), the environment and the password read now."""
+    if not isinstance(settings, HttpsSettings) or settings.proxy is None:
+        return None
+    credentials = None
+    if settings.proxy_username is not None and settings.proxy_password is not None:
+        credentials = ProxyCredentials(settings.proxy_username, reveal(settings.proxy_password))
+    no_proxy = tuple(settings.no_proxy)
+    if settings.proxy == http_proxy.ENVIRONMENT:
+        return http_proxy.proxy_from_environment(http_proxy.environment(), no_proxy, credentials)
+    host, port, _, _ = http_proxy.parse_proxy_url(settings.proxy)
+    return Proxy(host, port, credentials, no_proxy, "proxy")
 
 
 class _Response:
@@ -104,8 +177,8 @@ class _Response:
         self.headers = headers
 
 
-async def run_https(target: Target, settings: HttpSettings, context: CheckContext) -> CheckResult:
-    """Request over TLS."""
+async def run_https(target: Target, settings: HttpsSettings, context: CheckContext) -> CheckResult:
+    """Request over TLS, through a proxy when one is configured."""
     return await _run(target, settings, context, use_tls=True)
 
 
@@ -119,12 +192,20 @@ async def _run(
 ) -> CheckResult:
     headers = _revealed_headers(settings)  # references are read before any connection
     query = {name: reveal(value) for name, value in settings.query.items()}
+    proxy = _proxy(settings)
+    if proxy is not None:
+        context.debug("proxy", proxy=proxy.name, source=proxy.source)
     origin = _origin(target, use_tls)
     path = _add_query(settings.path, query)
     hop_settings = settings
+    via = ""
     for hop in range(settings.max_redirects + 1):
+        hop_proxy = proxy if proxy is not None and not proxy.bypassed_for(target.host) else None
+        if proxy is not None:
+            context.debug("route", target=target, proxy=hop_proxy.name if hop_proxy else "bypassed")
+        via = f" through proxy {hop_proxy.name}" if hop_proxy is not None else ""
         response, body = await _exchange(
-            target, path, hop_settings, headers, context, use_tls=use_tls
+            target, path, hop_settings, headers, context, use_tls=use_tls, proxy=hop_proxy
         )
         location = response.headers.get("location")
         if not (settings.follow_redirects and response.status in _REDIRECTS and location):
@@ -153,6 +234,7 @@ async def _run(
     return context.ok(
         f"HTTP {response.status} {response.reason} for {settings.method} {redact_url(path)}"
         + (f" from {server}" if server else "")
+        + via
         + expiry_note(context)
     )
 
@@ -207,11 +289,18 @@ async def _exchange(
     context: CheckContext,
     *,
     use_tls: bool,
+    proxy: Proxy | None,
 ) -> tuple[_Response, bytes]:
-    reader, writer = await open_stream(context, target)
+    if proxy is None:
+        reader, writer = await open_stream(context, target)
+    else:
+        reader, writer = await http_proxy.open_tunnel(context, proxy, target)
     try:
         if use_tls:
-            await start_tls(context, target, reader, writer, settings)
+            reopen = None
+            if proxy is not None:
+                reopen = http_proxy.reopener(proxy, target, context.address)
+            await start_tls(context, target, reader, writer, settings, reopen=reopen)
         with context.phase(Phase.HANDSHAKE):
             writer.write(_request(target, path, settings, headers))
             response = await _read_head(reader)
@@ -355,5 +444,5 @@ def _server_identity(server: str) -> PeerInfo | None:
     return PeerInfo(product=product[:64], version=version[:64])
 
 
-HTTPS_SPEC = CheckSpec("https", HttpSettings, run_https, "HTTPS request: TLS, status, body")
+HTTPS_SPEC = CheckSpec("https", HttpsSettings, run_https, "HTTPS request: TLS, status, body")
 HTTP_SPEC = CheckSpec("http", HttpSettings, run_http, "Plain HTTP request: status, body")

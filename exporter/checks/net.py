@@ -21,6 +21,7 @@ import socket
 import ssl
 import struct
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -30,6 +31,8 @@ from exporter.checks.base import CheckContext, CheckSettings, Target
 from exporter.errors import CheckFailure
 from exporter.result import Phase, Result
 
+Reopen = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+"""Opens another plain stream to the same destination (through the same proxy tunnel)."""
 STREAM_LIMIT = 64 * 1024  # longest line/header block a peer may send before we call it hostile
 # Reading a rejected certificate on a second connection may use at most this share of the time
 # left, and never more than the cap: the verification failure itself must still be returned.
@@ -170,20 +173,23 @@ async def start_tls(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     settings: TlsSettings,
+    *,
+    reopen: Reopen | None = None,
 ) -> None:
     """Upgrade a connection to TLS (phase `tls`) and record the certificate expiry.
 
     When verification fails, the certificate is fetched once more on a second, unverified
     connection so that its expiry is still reported; the result stays a TLS failure. Python's
     ssl module (3.11) has no way to read the peer's chain after a failed handshake, hence the
-    second connection.
+    second connection. `reopen` opens that connection where a direct one would take another
+    path (through a proxy's tunnel).
     """
     server_name = settings.server_name or target.host
     try:
         with context.phase(Phase.TLS):
             await writer.start_tls(client_ssl_context(settings), server_hostname=server_name)
     except ssl.SSLCertVerificationError:
-        await record_unverified_certificate(context, target, server_name)
+        await record_unverified_certificate(context, target, server_name, reopen)
         raise
     ssl_object = writer.get_extra_info("ssl_object")
     if isinstance(ssl_object, ssl.SSLObject):
@@ -240,7 +246,7 @@ def record_certificates(context: CheckContext, chain: list[bytes]) -> None:
 
 
 async def record_unverified_certificate(
-    context: CheckContext, target: Target, server_name: str
+    context: CheckContext, target: Target, server_name: str, reopen: Reopen | None = None
 ) -> None:
     """Read the certificate that failed verification; any error here is only logged.
 
@@ -254,13 +260,23 @@ async def record_unverified_certificate(
         return
     try:
         async with asyncio.timeout(budget):
-            _, writer = await asyncio.open_connection(
-                context.address or target.host,
-                target.port,
-                ssl=_ssl_context(None, verify=False),
-                server_hostname=server_name,
-                limit=STREAM_LIMIT,
-            )
+            if reopen is None:
+                _, writer = await asyncio.open_connection(
+                    context.address or target.host,
+                    target.port,
+                    ssl=_ssl_context(None, verify=False),
+                    server_hostname=server_name,
+                    limit=STREAM_LIMIT,
+                )
+            else:
+                _, writer = await reopen()
+                try:
+                    await writer.start_tls(
+                        _ssl_context(None, verify=False), server_hostname=server_name
+                    )
+                except BaseException:
+                    await close_stream(writer)
+                    raise
             try:
                 ssl_object = writer.get_extra_info("ssl_object")
                 if isinstance(ssl_object, ssl.SSLObject):

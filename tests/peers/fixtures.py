@@ -15,6 +15,7 @@ from tests.peers import nginx as peers_nginx
 from tests.peers import pki as peers_pki
 from tests.peers import samba as peers_samba
 from tests.peers import slapd as peers_slapd
+from tests.peers import squid as peers_squid
 from tests.peers import sshd as peers_sshd
 from tests.peers.derby import derby
 from tests.peers.samba_smb import samba_smb, samba_smb1_only
@@ -28,6 +29,7 @@ __all__ = [
     "samba_smb",
     "samba_smb1_only",
     "slapd",
+    "squid",
     "sshd",
 ]
 
@@ -63,6 +65,13 @@ def slapd(pki: peers_pki.Pki) -> Iterator[peers_slapd.Slapd]:
 def samba() -> Iterator[peers_samba.Samba]:
     """A real Samba (smbd on 445 and 139, nmbd on UDP 137) in a namespace of its own."""
     with peers_samba.run_samba() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def squid() -> Iterator[peers_squid.Squid]:
+    """A real squid with an open port, a basic-auth port and one destination port denied."""
+    with peers_squid.run_squid() as server:
         yield server
 
 

@@ -1,8 +1,15 @@
-"""Throwaway OpenSSH server on loopback with its own keys and config; system sshd untouched."""
+"""Throwaway OpenSSH server on loopback with its own keys and config; system sshd untouched.
+
+It knows one login user of its own (password and key login) without touching the host's user
+database: sshd runs in a private mount namespace (`unshare -m`) where a copy of /etc/passwd with
+the user added, and a shadow file holding that user alone, are bind-mounted over the host's.
+With `UsePAM no` sshd checks passwords against that shadow file (getspnam).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import shlex
 import shutil
 import socket
 import subprocess
@@ -16,6 +23,11 @@ from tests.peers.ports import free_tcp_port
 from tests.peers.procs import log_tail, stop_process
 
 SSHD = "/usr/sbin/sshd"  # absolute: sshd re-executes itself and refuses a relative path
+UNSHARE = "/usr/bin/unshare"
+LOGIN_USER = "cfe-flowmon"
+LOGIN_UID = 64_999  # inside the namespace only
+LOGIN_PASSWORD = "S3CR3T-SSH-PW-6e0b"
+KEY_PASSPHRASE = "S3CR3T-SSH-KEY-PASSPHRASE-19fa"
 BANNER_PREFIX = "SSH-2.0-OpenSSH_"
 START_TIMEOUT_S = 10.0
 
@@ -29,6 +41,24 @@ class Sshd:
     host_key_sha256_fingerprints: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
     banner_prefix: str = BANNER_PREFIX
+    login_user: str = LOGIN_USER
+    login_password: str = LOGIN_PASSWORD
+    key_passphrase: str = KEY_PASSPHRASE
+
+    @property
+    def client_key(self) -> Path:
+        """An unencrypted private key authorised for the login user."""
+        return self.directory / "client_key"
+
+    @property
+    def encrypted_client_key(self) -> Path:
+        """A private key encrypted with `key_passphrase`, authorised too."""
+        return self.directory / "client_key_encrypted"
+
+    @property
+    def stranger_key(self) -> Path:
+        """A private key that is not authorised."""
+        return self.directory / "stranger_key"
 
 
 def _fingerprint(pubkey: Path) -> tuple[str, str]:
@@ -54,8 +84,10 @@ def _write_config(directory: Path, port: int, host_key: Path) -> Path:
                 f"HostKey {host_key}",
                 f"PidFile {directory / 'sshd.pid'}",
                 "UsePAM no",
-                "PasswordAuthentication no",
+                "PasswordAuthentication yes",
                 "KbdInteractiveAuthentication no",
+                "PermitRootLogin no",
+                f"AllowUsers {LOGIN_USER}",
                 "PubkeyAuthentication yes",
                 f"AuthorizedKeysFile {directory / 'authorized_keys'}",
                 "StrictModes no",
@@ -100,6 +132,43 @@ def _wait_for_banner(proc: subprocess.Popen[bytes], port: int, log: Path) -> Non
     )
 
 
+def _make_login_user(directory: Path) -> tuple[Path, Path]:
+    """passwd (the host's users plus the login user) and shadow (the login user alone)."""
+    hashed = subprocess.run(
+        ["openssl", "passwd", "-6", LOGIN_PASSWORD], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    passwd = directory / "passwd"
+    host_users = Path("/etc/passwd").read_text()
+    passwd.write_text(
+        host_users.rstrip("\n")
+        + f"\n{LOGIN_USER}:x:{LOGIN_UID}:{LOGIN_UID}::/nonexistent:/bin/sh\n"
+    )
+    passwd.chmod(0o644)
+    shadow = directory / "shadow"
+    shadow.write_text(f"{LOGIN_USER}:{hashed}:20000:0:99999:7:::\n")
+    shadow.chmod(0o600)
+    return passwd, shadow
+
+
+def _make_client_keys(directory: Path) -> None:
+    """Two authorised client keys (one encrypted) and one stranger key."""
+    for name, passphrase in (
+        ("client_key", ""),
+        ("client_key_encrypted", KEY_PASSPHRASE),
+        ("stranger_key", ""),
+    ):
+        key = str(directory / name)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", name, "-f", key],
+            check=True,
+            capture_output=True,
+        )
+    (directory / "authorized_keys").write_text(
+        (directory / "client_key.pub").read_text()
+        + (directory / "client_key_encrypted.pub").read_text()
+    )
+
+
 @contextlib.contextmanager
 def run_sshd(port: int | None = None) -> Iterator[Sshd]:
     """Start sshd on 127.0.0.1 (a free port unless given), yield it, and stop it on exit."""
@@ -113,7 +182,8 @@ def run_sshd(port: int | None = None) -> Iterator[Sshd]:
             check=True,
             capture_output=True,
         )
-        (directory / "authorized_keys").touch()
+        _make_client_keys(directory)
+        passwd, shadow = _make_login_user(directory)
         algorithm, fingerprint = _fingerprint(host_key.with_name(host_key.name + ".pub"))
         actual_port = port if port is not None else free_tcp_port()
         config = _write_config(directory, actual_port, host_key)
@@ -126,8 +196,14 @@ def run_sshd(port: int | None = None) -> Iterator[Sshd]:
             raise RuntimeError(f"sshd -t rejected {config}: {test.stderr.strip()}")
         log = directory / "sshd.log"
         with log.open("wb") as log_file:
+            # unshare and sh exec into sshd: the PID stays sshd's own, for stop_process
+            mounts = (
+                f"mount --bind {shlex.quote(str(passwd))} /etc/passwd && "
+                f"mount --bind {shlex.quote(str(shadow))} /etc/shadow && "
+                f"exec {SSHD} -D -e -f {shlex.quote(str(config))}"
+            )
             proc = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(config)],
+                [UNSHARE, "--mount", "--propagation", "private", "/bin/sh", "-c", mounts],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
