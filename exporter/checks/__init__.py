@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from exporter.checks import db2, https, icmp, ldap, mssql, oracle_tns, ssh, tcp, tls
+from exporter.checks import db2, https, icmp, ldap, mssql, oracle_tns, snmp, ssh, tcp, tls
 from exporter.checks.base import AnyCheckSpec, CheckContext, CheckSettings, CheckSpec, Target
 
 CHECKS: Mapping[str, AnyCheckSpec] = {
@@ -26,6 +26,7 @@ CHECKS: Mapping[str, AnyCheckSpec] = {
         oracle_tns.SPEC,
         ldap.LDAP_SPEC,
         ldap.LDAPS_SPEC,
+        snmp.SPEC,
     )
 }
 
