@@ -6,12 +6,14 @@ APT_PACKAGES = openssh-server nginx prometheus iptables nftables iproute2 iputil
 	slapd ldap-utils \
 	freetds-bin \
 	derby-tools libderby-java libderbyclient-java default-jre-headless \
-	nmap
+	nmap \
+	snmpd snmp
 APT_BINARIES = /usr/sbin/sshd /usr/sbin/nginx /usr/bin/prometheus /usr/bin/promtool /usr/sbin/iptables-nft /usr/sbin/nft /usr/bin/ping /usr/bin/openssl \
 	/usr/sbin/slapd /usr/bin/ldapwhoami \
 	/usr/bin/tsql \
 	/usr/bin/ij /usr/bin/java \
-	/usr/bin/nmap
+	/usr/bin/nmap \
+	/usr/sbin/snmpd /usr/bin/snmpget
 
 .PHONY: run test lint typecheck pytest system-packages clean
 

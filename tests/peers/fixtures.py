@@ -14,10 +14,11 @@ from tests.peers import netns as peers_netns
 from tests.peers import nginx as peers_nginx
 from tests.peers import pki as peers_pki
 from tests.peers import slapd as peers_slapd
+from tests.peers import snmpd as peers_snmpd
 from tests.peers import sshd as peers_sshd
 from tests.peers.derby import derby
 
-__all__ = ["derby", "isolated_host", "nginx", "pki", "slapd", "sshd"]
+__all__ = ["derby", "isolated_host", "nginx", "pki", "slapd", "snmpd", "sshd"]
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +46,13 @@ def slapd(pki: peers_pki.Pki) -> Iterator[peers_slapd.Slapd]:
     """A real OpenLDAP slapd whose RootDSE reads like an Active Directory global catalog."""
     with peers_slapd.run_slapd(pki, root_dse=peers_slapd.AD_GLOBAL_CATALOG) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def snmpd() -> Iterator[peers_snmpd.Snmpd]:
+    """A real net-snmp agent with a v2c community and v3 users of every security level."""
+    with peers_snmpd.run_snmpd() as agent:
+        yield agent
 
 
 @pytest.fixture
