@@ -23,6 +23,7 @@ from exporter.secrets import Secret, SecretRef, redact_url, reveal, unreadable_s
 from tests.fakes.tds import TdsFake, tds_server_thread
 from tests.peers.exporter import RunningExporter, run_exporter
 from tests.peers.slapd import USER_PASSWORD, Slapd
+from tests.peers.snmpd import COMMUNITY, SHA256_AES, Snmpd
 from tests.peers.tns_listener import TnsListener, run_tns_listener
 
 POLL_DEADLINE_S = 20.0
@@ -37,6 +38,17 @@ SQL_USER = "monitor"
 ORACLE_PASSWORD = "S3CR3T-ORACLE-PW-3d9e"  # passed to the database driver, never sent by HTTP
 LDAP_WRONG_PASSWORD = "S3CR3T-LDAP-WRONG-0b7d"
 LDAP_SECRETS = (USER_PASSWORD, LDAP_WRONG_PASSWORD)  # the bind password by file, a wrong one inline
+SNMP_WRONG_COMMUNITY = "S3CR3T-SNMP-WRONG-COMMUNITY-9a1f"
+assert SHA256_AES.auth_password is not None
+assert SHA256_AES.priv_password is not None
+# the community by file, the v3 auth password inline, the priv password by env, a wrong community
+SNMP_SECRETS = (
+    COMMUNITY,
+    SHA256_AES.auth_password,
+    SHA256_AES.priv_password,
+    SNMP_WRONG_COMMUNITY,
+)
+SNMP_PRIV_VARIABLE = "CFE_TEST_SNMP_PRIV"
 QUERY_VARIABLE = "CFE_TEST_QUERY_TOKEN"
 COOKIE_VARIABLE = "CFE_TEST_COOKIE"
 MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs for seconds only
@@ -44,7 +56,11 @@ MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs fo
 
 def found_secrets(text: str) -> list[str]:
     """The test secrets that occur in `text`."""
-    return [secret for secret in (*SECRETS, ORACLE_PASSWORD, *LDAP_SECRETS) if secret in text]
+    return [
+        secret
+        for secret in (*SECRETS, ORACLE_PASSWORD, *LDAP_SECRETS, *SNMP_SECRETS)
+        if secret in text
+    ]
 
 
 # --- references -----------------------------------------------------------------------------
@@ -348,6 +364,23 @@ def ldap_flows(slapd: Slapd, password_file: Path) -> str:
     )
 
 
+def snmp_flows(snmpd: Snmpd, community_file: Path) -> str:
+    """SNMP flows: v2c with the community by file, v3 authPriv, and a wrong community inline."""
+    target = f'"127.0.0.1:{snmpd.port}"'
+    user = SHA256_AES
+    return (
+        f"  - id: snmp_v2c\n    check: snmp\n    target: {target}\n"
+        f"    community: {{file: {community_file}}}\n"
+        f"  - id: snmp_v3\n    check: snmp\n    target: {target}\n"
+        f"    username: {user.name}\n    auth_protocol: {user.auth_protocol}\n"
+        f'    auth_password: "{user.auth_password}"\n    priv_protocol: {user.priv_protocol}\n'
+        f"    priv_password: {{env: {SNMP_PRIV_VARIABLE}}}\n"
+        f"  - id: snmp_wrong\n    check: snmp\n    target: {target}\n"
+        f"    community: {SNMP_WRONG_COMMUNITY}\n"
+    )
+
+
+SNMP_FLOWS = ("snmp_v2c", "snmp_v3", "snmp_wrong")
 FLOWS = (
     "api_inline",
     "api_by_reference",
@@ -404,12 +437,13 @@ class DatabasePeers:
     sql: TdsFake
     tns: TnsListener
     slapd: Slapd
+    snmpd: Snmpd
 
 
 @pytest.fixture
-def databases(sql: TdsFake, tns: TnsListener, slapd: Slapd) -> DatabasePeers:
-    """The SQL Server fake, the Oracle listener fake and the real slapd, together."""
-    return DatabasePeers(sql, tns, slapd)
+def databases(sql: TdsFake, tns: TnsListener, slapd: Slapd, snmpd: Snmpd) -> DatabasePeers:
+    """The SQL Server fake, the Oracle listener fake, the real slapd and snmpd, together."""
+    return DatabasePeers(sql, tns, slapd, snmpd)
 
 
 def test_no_output_surface_shows_a_secret(
@@ -420,12 +454,16 @@ def test_no_output_surface_shows_a_secret(
 ) -> None:
     """Metrics, page, probe debug, debug log, check output, validate and reload errors show
     no secret, while the flow's own target did receive every one of them."""
-    sql, tns, slapd = databases.sql, databases.tns, databases.slapd
+    sql, tns, slapd, snmpd = databases.sql, databases.tns, databases.slapd, databases.snmpd
     own, other = peers
     secret_file = tmp_path / "api-key"
     secret_file.write_text(FILE_HEADER + "\n", encoding="utf-8")
     ldap_password_file = tmp_path / "ldap-password"
     ldap_password_file.write_text(USER_PASSWORD + "\n", encoding="utf-8")
+    community_file = tmp_path / "snmp-community"
+    community_file.write_text(COMMUNITY + "\n", encoding="utf-8")
+    assert SHA256_AES.priv_password is not None
+    monkeypatch.setenv(SNMP_PRIV_VARIABLE, SHA256_AES.priv_password)
     monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
     monkeypatch.setenv(COOKIE_VARIABLE, ENV_COOKIE)
     config = tmp_path / "config.yaml"
@@ -433,6 +471,7 @@ def test_no_output_surface_shows_a_secret(
         sql_flows(secret_file, sql.port)
         + ldap_flows(slapd, ldap_password_file)
         + oracle_flow(tns.port)
+        + snmp_flows(snmpd, community_file)
     )
     write_config(config, secret_file, own.port, extra)
     probe_targets = {
@@ -440,13 +479,14 @@ def test_no_output_surface_shows_a_secret(
         "sql_wrong": f"127.0.0.1:{sql.port}",
         "ldap_bind": f"127.0.0.1:{slapd.ldap_port}",
         "ldap_wrong": f"127.0.0.1:{slapd.ldaps_port}",
+        **{flow: f"127.0.0.1:{snmpd.port}" for flow in SNMP_FLOWS},
     }
     surfaces: dict[str, str] = {}
 
     with run_exporter(config, tmp_path, global_args=["--log-level", "debug"]) as exporter:
-        surfaces["/metrics"] = wait_for_every_flow(exporter, (*FLOWS, "db_oracle"))
+        surfaces["/metrics"] = wait_for_every_flow(exporter, (*FLOWS, *SNMP_FLOWS, "db_oracle"))
         surfaces["/"] = exporter.get("/")[1]
-        for flow in FLOWS:
+        for flow in (*FLOWS, *SNMP_FLOWS):
             target = probe_targets.get(flow, f"127.0.0.1:{own.port}")
             status, body = exporter.get(f"/probe?module={flow}&target={target}&debug=true")
             assert status == 200
@@ -472,6 +512,10 @@ def test_no_output_surface_shows_a_secret(
     # the LDAP passwords reached slapd: one bind succeeded, the other was refused
     assert f"bound as 'dn:{slapd.user_dn}'" in surfaces["/probe ldap_bind"]
     assert "bind failed: invalidCredentials (49)" in surfaces["/probe ldap_wrong"]
+    # the SNMP community and pass phrases reached snmpd: two GETs answered, one dropped
+    assert "detail=SNMPv2c: snmp-test.example.test" in surfaces["/probe snmp_v2c"]
+    assert "detail=SNMPv3 authPriv as certero-sha256-aes:" in surfaces["/probe snmp_v3"]
+    assert "the community is wrong" in surfaces["/probe snmp_wrong"]
 
     for fmt in ("table", "json", "junit"):
         done = run_cli("check", "--config", str(config), "--format", fmt, "--no-progress")

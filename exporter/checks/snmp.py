@@ -83,6 +83,11 @@ MAX_USER_NAME_OCTETS: Final = 32  # RFC 3414 2.4 msgUserName SIZE(0..32)
 # run's deadline, must end a silent wait, so that the timeout says what SNMP silence means.
 _OWN_DEADLINE_MARGIN_S = 0.05
 _SHOWN_CHARS = 64  # of sysDescr and sysName in peer info and the detail
+# An encrypted GET left unanswered after discovery is called a wrong privacy key only when the
+# wait was long enough to rule out a slow agent: this many discovery round trips, and at least
+# this long.
+_PRIV_SILENCE_ROUND_TRIPS = 10
+_PRIV_SILENCE_MIN_S = 0.1
 
 # RFC 3412 6.4 msgFlags and 6.6 the USM security model number.
 _FLAG_AUTH, _FLAG_PRIV, _FLAG_REPORTABLE = 0x01, 0x02, 0x04
@@ -331,6 +336,7 @@ class _Engine:
     boots: int
     time: int
     learnt_at: float  # time.monotonic() when `time` was read
+    round_trip_s: float = 0.0  # how long discovery took to answer
 
     def now(self) -> int:
         """The agent's engine time now, by our clock since discovery (RFC 3414 2.3)."""
@@ -481,6 +487,7 @@ async def _discover(context: CheckContext, target: Target, settings: SnmpSetting
         scoped_pdu=encode_scoped_pdu(b"", _get_pdu(request_id, ())),
     )
     context.debug("snmp v3 discovery", message_id=message_id)
+    sent = time.perf_counter()
     reply = await _exchange(
         context,
         target,
@@ -502,6 +509,7 @@ async def _discover(context: CheckContext, target: Target, settings: SnmpSetting
         int(parameters["msgAuthoritativeEngineBoots"]),
         int(parameters["msgAuthoritativeEngineTime"]),
         time.monotonic(),
+        time.perf_counter() - sent,
     )
     context.debug("snmp v3 engine", engine_id=engine_id.hex(), boots=engine.boots, time=engine.time)
     return engine
@@ -513,24 +521,33 @@ async def _v3_get(
     message_id, request_id = _new_id(), _new_id()
     request = encode_v3_get(user, engine, message_id, request_id)
     context.debug("snmp v3 get", message_id=message_id, request_id=request_id, level=settings.level)
-    if user.priv is not None:
-        silence = (
-            f"the agent answered discovery (engine {engine.engine_id.hex()}) but not the "
-            "encrypted request: the priv_password or priv_protocol is most likely wrong "
-            "(net-snmp drops a request it cannot decrypt instead of reporting decryptionError)"
+    answered = (
+        f"the agent answered discovery in {engine.round_trip_s * 1000:.1f} ms "
+        f"(engine {engine.engine_id.hex()}) but not the {settings.level} request"
+    )
+    if user.priv is None:
+        reply = await _exchange(context, target, settings, request, answered)
+        return decode_v3_answer(reply.data, message_id, request_id, user, engine)
+    sent = time.perf_counter()
+    try:
+        reply = await _exchange(
+            context,
+            target,
+            settings,
+            request,
+            f"{answered}: the priv_password or priv_protocol is most likely wrong (net-snmp "
+            "drops a request it cannot decrypt instead of reporting decryptionError)",
         )
-        try:
-            reply = await _exchange(context, target, settings, request, silence)
-        except CheckFailure as exc:
-            if exc.result is Result.TIMEOUT:
-                raise CheckFailure(Result.AUTH_FAILED, exc.detail) from exc
+    except CheckFailure as exc:
+        waited = time.perf_counter() - sent
+        if exc.result is not Result.TIMEOUT:
             raise
-    else:
-        silence = (
-            f"the agent answered discovery (engine {engine.engine_id.hex()}) but not the "
-            f"{settings.level} request"
-        )
-        reply = await _exchange(context, target, settings, request, silence)
+        if waited < max(_PRIV_SILENCE_MIN_S, _PRIV_SILENCE_ROUND_TRIPS * engine.round_trip_s):
+            # Too little time was left to call the silence a refusal rather than a slow agent.
+            raise CheckFailure(
+                Result.TIMEOUT, f"{_silence(answered, sent, settings)} (too little time left)"
+            ) from exc
+        raise CheckFailure(Result.AUTH_FAILED, exc.detail) from exc
     return decode_v3_answer(reply.data, message_id, request_id, user, engine)
 
 

@@ -145,8 +145,26 @@ async def test_wrong_priv_password_is_auth_failed_after_discovery(snmpd: Snmpd) 
         snmpd.port, _v3(SHA256_AES, priv_password=WRONG_PASSWORD), SILENCE_TIMEOUT_S
     )
     assert result.result is Result.AUTH_FAILED
-    assert "the agent answered discovery (engine 8000" in result.detail
+    assert "the agent answered discovery in " in result.detail
+    assert " ms (engine 8000" in result.detail
     assert "the priv_password or priv_protocol is most likely wrong" in result.detail
+
+
+async def test_encrypted_silence_with_too_little_time_left_stays_a_timeout() -> None:
+    """Silence after a slow discovery, with little time left, is not blamed on the priv key."""
+    loop = asyncio.get_running_loop()
+    reporter = v3_reporter("1.3.6.1.6.3.15.1.1.6.0")
+    started = loop.time()
+
+    def discovery_late_then_silent(request: bytes) -> Sequence[bytes]:
+        # answer discovery only, late enough that the GET gets less than ten of its round trips
+        answer = reporter(request)
+        return [answer] if answer and loop.time() - started < SILENCE_TIMEOUT_S / 2 else []
+
+    async with _hostile(discovery_late_then_silent, delay_s=SILENCE_TIMEOUT_S * 0.6) as port:
+        result = await _run(port, _v3(SHA256_AES), SILENCE_TIMEOUT_S)
+    assert result.result is Result.TIMEOUT, result.detail
+    assert result.detail.endswith("but not the authPriv request (too little time left)")
 
 
 async def test_level_the_user_lacks_is_auth_failed_naming_the_report(snmpd: Snmpd) -> None:
