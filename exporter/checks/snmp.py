@@ -806,18 +806,34 @@ def priv_key(protocol: str, auth_protocol: str, password: str, engine_id: bytes)
     return bytes(localized)
 
 
+_EXCERPT_BYTES = 16
+
+
+def excerpt(data: bytes) -> str:
+    """What a peer sent, for a detail: quoted text when it is text, else its first bytes in hex.
+
+    SNMP is binary BER; text made of its bytes says nothing, while a text reply (a banner, an
+    HTTP error) is best quoted.
+    """
+    head = data[: _EXCERPT_BYTES * 4]
+    if head and all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
+        return quote_peer(data)
+    shown = data[:_EXCERPT_BYTES].hex(" ")
+    more = f" … ({len(data)} bytes)" if len(data) > _EXCERPT_BYTES else ""
+    return f"{shown}{more}"
+
+
 def _decode(data: bytes, spec: Any, what: str) -> Any:
     """BER-decode `data` as `spec`; anything else, or bytes left over, is no SNMP message."""
     try:
         value, rest = decoder.decode(data, asn1Spec=spec)
     except (PyAsn1Error, ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
         raise CheckFailure(
-            Result.PROTOCOL_MISMATCH, f"not {what} ({type(exc).__name__}): {quote_peer(data)}"
+            Result.PROTOCOL_MISMATCH, f"not {what} ({type(exc).__name__}): {excerpt(data)}"
         ) from exc
     if rest:
-        raise CheckFailure(
-            Result.PROTOCOL_MISMATCH, f"not {what}: {len(rest)} bytes after the message"
-        )
+        extra = "1 byte" if len(rest) == 1 else f"{len(rest)} bytes"
+        raise CheckFailure(Result.PROTOCOL_MISMATCH, f"not {what}: {extra} after the message")
     return value
 
 
@@ -846,7 +862,7 @@ _VERSION_NAMES: Final = {0: "SNMPv1", 1: "SNMPv2c", 3: "SNMPv3"}
 def _check_version(data: bytes, expected: int) -> None:
     version = _message_version(data)
     if version is None:
-        raise CheckFailure(Result.PROTOCOL_MISMATCH, f"not an SNMP message: {quote_peer(data)}")
+        raise CheckFailure(Result.PROTOCOL_MISMATCH, f"not an SNMP message: {excerpt(data)}")
     if version != expected:
         spoken = _VERSION_NAMES.get(version, f"version {version}")
         raise CheckFailure(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -14,6 +16,7 @@ import pytest
 from pysnmp.proto.api import v2c
 
 from exporter.checks import CHECKS, Target
+from exporter.checks import snmp as snmp_check
 from exporter.checks.snmp import (
     AUTH_PROTOCOLS,
     DEFAULT_COMMUNITY,
@@ -23,6 +26,7 @@ from exporter.checks.snmp import (
     SnmpSettings,
     decode_v2c,
     encode_v2c_get,
+    excerpt,
 )
 from exporter.errors import CheckFailure
 from exporter.result import CheckResult, PeerInfo, Phase, Result
@@ -40,6 +44,7 @@ from tests.peers.netns import IsolatedHost
 from tests.peers.ports import free_udp_port
 from tests.peers.snmpd import (
     SHA256_AES,
+    SHA_AES,
     SHA_AUTH_ONLY,
     SYS_DESCR,
     SYS_NAME,
@@ -55,6 +60,7 @@ SILENCE_TIMEOUT_S = 0.5  # a silent peer costs the test this much: keep it short
 NAMESPACE_PORT = 8161
 WRONG_PASSWORD = "S3CR3T-SNMP-WRONG-pw-77"
 FUZZ_CASES = 300  # mutated answers fed to the decoder; bounded so the test stays fast
+V3_FUZZ_CASES = 60  # mutated answers of the real agent, per message; each is one check
 
 
 async def _run(port: int, settings: SnmpSettings, timeout_s: float = TIMEOUT_S) -> CheckResult:
@@ -430,6 +436,127 @@ async def test_unauthenticated_time_window_report_is_not_trusted_for_a_resend() 
     assert len(peer.received) == 2
 
 
+class _Relay(asyncio.DatagramProtocol):
+    """Relays each datagram to the real agent and its answer back, `mutate`d on the way.
+
+    `mutate(index, answer)` gets the agent's answers numbered from 0 (discovery's, then the
+    GET's) and returns what the check receives instead.
+    """
+
+    def __init__(self, agent_port: int, mutate: Callable[[int, bytes], bytes]) -> None:
+        self.agent_port = agent_port
+        self.mutate = mutate
+        self.answers = 0
+        self.transport: asyncio.DatagramTransport | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        task = asyncio.get_running_loop().create_task(self._forward(data, addr))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _forward(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect((HOST, self.agent_port))
+            await loop.sock_sendall(sock, data)
+            async with asyncio.timeout(TIMEOUT_S):
+                answer = await loop.sock_recv(sock, 65535)
+        index, self.answers = self.answers, self.answers + 1
+        assert self.transport is not None
+        self.transport.sendto(self.mutate(index, answer), addr)
+
+
+@contextlib.asynccontextmanager
+async def _relay(agent_port: int, mutate: Callable[[int, bytes], bytes]) -> AsyncIterator[int]:
+    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: _Relay(agent_port, mutate), local_addr=(HOST, 0)
+    )
+    try:
+        yield int(transport.get_extra_info("sockname")[1])
+    finally:
+        for task in protocol.tasks:
+            task.cancel()
+        transport.close()
+
+
+def _mutated(data: bytes, rng: random.Random) -> bytes:
+    """`data` with one to four bit flips, cuts or insertions; never empty."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        position = rng.randrange(len(out))
+        choice = rng.random()
+        if choice < 0.6:
+            out[position] ^= 1 << rng.randrange(8)
+        elif choice < 0.8 and position > 0:
+            del out[position:]
+        else:
+            out[position:position] = rng.randbytes(rng.randint(1, 8))
+    return bytes(out)
+
+
+async def test_relayed_real_agent_is_ok(snmpd: Snmpd) -> None:
+    """Through the relay, unchanged, the real agent's v3 answers are ok: the relay is neutral."""
+    async with _relay(snmpd.port, lambda _, answer: answer) as port:
+        result = await _run(port, _v3(SHA256_AES))
+    assert result.result is Result.OK, result.detail
+
+
+@pytest.mark.parametrize(("answer", "seed"), [(0, 11), (1, 12)], ids=["discovery", "get"])
+async def test_mutated_v3_answers_of_a_real_agent_are_classified(
+    snmpd: Snmpd, answer: int, seed: int
+) -> None:
+    """The real agent's discovery or GET answer, mutated in flight: always a classified result
+    within the timeout, never a defect (bounded, seeded)."""
+    rng = random.Random(seed)
+    seen: set[Result] = set()
+
+    def mutate(index: int, data: bytes) -> bytes:
+        return _mutated(data, rng) if index == answer else data
+
+    for _ in range(V3_FUZZ_CASES):
+        async with _relay(snmpd.port, mutate) as port:
+            outcome = await run_check(
+                CHECKS["snmp"], Target(HOST, port), _v3(SHA256_AES), SILENCE_TIMEOUT_S
+            )
+        assert not outcome.defect, outcome.result.detail
+        assert outcome.result.duration_seconds < SILENCE_TIMEOUT_S + 0.25
+        seen.add(outcome.result.result)
+    assert Result.PROTOCOL_MISMATCH in seen
+    assert seen <= {
+        Result.OK,  # a flip in a part no check covers, such as a padding bit
+        Result.PROTOCOL_MISMATCH,
+        Result.AUTH_FAILED,
+        Result.SERVICE_ERROR,
+        Result.TIMEOUT,  # discovery mutated into another engine ID or clock: the agent drops
+    }
+
+
+async def test_time_window_report_resynchronises_once(
+    snmpd: Snmpd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine clock off by an hour draws the agent's authenticated notInTimeWindow report;
+    the GET is sent once more with the agent's clock and is ok (RFC 3414 4)."""
+    discover = snmp_check._discover
+
+    async def skewed(*args: Any) -> Any:
+        engine = await discover(*args)
+        return dataclasses.replace(engine, time=engine.time + 3600)
+
+    monkeypatch.setattr(snmp_check, "_discover", skewed)
+    outcome = await run_check(
+        CHECKS["snmp"], Target(HOST, snmpd.port), _v3(SHA_AES), TIMEOUT_S, capture_log=True
+    )
+    assert outcome.result.result is Result.OK, outcome.result.detail
+    synchronised = [line for line in outcome.log_lines if "snmp v3 time window" in line]
+    assert len(synchronised) == 1
+    assert sum("snmp v3 get" in line for line in outcome.log_lines) == 2
+
+
 # --- the fakes, proven by net-snmp's own client ----------------------------------------------
 
 
@@ -552,3 +679,12 @@ async def test_short_password_by_reference_is_an_exporter_error(
         "not checked: auth_password ({env: CFE_TEST_SNMP_SHORT}) is shorter than 8 characters "
         "(RFC 3414 11.2)"
     )
+
+
+def test_excerpt_quotes_text_and_shows_binary_as_hex() -> None:
+    """A text reply is quoted; BER or garbage shows as its first 16 bytes in hex."""
+    assert excerpt(b"HTTP/1.1 400 Bad Request\r\n") == "'HTTP/1.1 400 Bad Request'"
+    assert excerpt(bytes(range(20))) == (
+        "00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f … (20 bytes)"
+    )
+    assert excerpt(b"\x30\x03") == "30 03"
