@@ -4,9 +4,9 @@ v2c sends the community (RFC 3416 GetRequest-PDU in an RFC 1901 message). v3 use
 User-based Security Model (RFC 3414): engine discovery first (§4: a GetRequest with no user and
 no variables, answered by a usmStatsUnknownEngineIDs report that carries the agent's engine ID,
 boots and time), then the GET as the configured user at the level the settings give
-(noAuthNoPriv, authNoPriv, authPriv). An authenticated request answered by a notInTimeWindow
-report is sent once more with the agent's clock from that report (§4 time synchronisation).
-Every datagram says what it waits for in its debug line.
+(noAuthNoPriv, authNoPriv, authPriv). An authenticated request answered by an authenticated
+notInTimeWindow report is sent once more with the agent's clock from that report (§4 time
+synchronisation). Each request and its ids are a debug line.
 
 Design: the exchange is ours, the wire format pysnmp's. Each request is encoded with pysnmp's
 ASN.1 message definitions (pyasn1) and sent through `exchange_datagram` on a connected socket,
@@ -25,9 +25,10 @@ Results: a reply is `ok` with sysName and sysDescr as peer info (`product` = sys
 tell a filtered port, a stopped agent and a wrong community apart: an agent drops a request
 with an unknown community); ICMP port unreachable is `refused`; a v3 report (unknown user,
 wrong digest, decryption error, not in time window, unsupported security level) is
-`auth_failed` naming the report; an authPriv request that the agent leaves unanswered right
-after it answered discovery is `auth_failed` too: net-snmp drops a request it cannot decrypt
-instead of reporting decryptionError, so a wrong privacy password or protocol is silent.
+`auth_failed` naming the report; an authPriv request that the agent leaves unanswered after it
+answered discovery is `auth_failed` too, when the wait lasted at least ten discovery round trips:
+net-snmp drops a request it cannot decrypt instead of reporting decryptionError, so a wrong
+privacy password or protocol is silent.
 Anything that is not an SNMP answer to our request (garbage, a truncated message, another
 request id, our request echoed back) is `protocol_mismatch`.
 """
@@ -353,6 +354,7 @@ class _Answer:
     varbinds: list[tuple[str, Any]]
     engine: _Engine | None = None
     authenticated: bool = False
+    encrypted: bool = False
 
 
 async def run(target: Target, settings: SnmpSettings, context: CheckContext) -> CheckResult:
@@ -379,8 +381,11 @@ def _read_user(settings: SnmpSettings) -> _User:
         secret: str | SecretRef | None = getattr(settings, name)
         value = reveal(secret) if secret is not None else None
         if value is not None and len(value) < MIN_PASSWORD_CHARS:
+            # Inline values are refused when the config is read; only a reference gets here,
+            # and it is named, never its value.
+            where = f" ({secret})" if isinstance(secret, SecretRef) else ""
             raise ExporterFault(
-                f"{name} ({secret}) is shorter than {MIN_PASSWORD_CHARS} characters (RFC 3414 11.2)"
+                f"{name}{where} is shorter than {MIN_PASSWORD_CHARS} characters (RFC 3414 11.2)"
             )
         passwords[name] = value
     return _User(
@@ -469,10 +474,15 @@ async def _get_v3(
             answer = await _v3_get(context, target, settings, user, answer.engine)
     if answer.kind == "report":
         _raise_report(answer, settings)
+    # RFC 3412 7.1.7: a Response goes back at the security level of its request.
     if user.auth is not None and not answer.authenticated:
         raise CheckFailure(
             Result.PROTOCOL_MISMATCH,
             "the agent answered an authenticated request without authentication",
+        )
+    if user.priv is not None and not answer.encrypted:
+        raise CheckFailure(
+            Result.PROTOCOL_MISMATCH, "the agent answered an encrypted request in clear text"
         )
     return _system_group(answer)
 
@@ -493,8 +503,8 @@ async def _discover(context: CheckContext, target: Target, settings: SnmpSetting
         target,
         settings,
         request,
-        f"UDP {target.port} is filtered or the agent is down (SNMPv3 engine discovery "
-        "sends no credentials, so a wrong user or password is not the cause)",
+        f"UDP {target.port} is filtered, the agent is down, or it does not speak SNMPv3 "
+        "(engine discovery sends no credentials, so a wrong user or password is not the cause)",
     )
     message = decode_v3(reply.data, message_id)
     parameters = message.security
@@ -988,6 +998,7 @@ def decode_v3_answer(
         varbinds=answer.varbinds,
         engine=reply_engine,
         authenticated=authenticated,
+        encrypted=msg_data.getName() == "encryptedPDU",
     )
 
 
