@@ -557,6 +557,14 @@ async def test_time_window_report_resynchronises_once(
     assert sum("snmp v3 get" in line for line in outcome.log_lines) == 2
 
 
+async def test_v3_answer_below_the_requests_security_level_is_a_mismatch() -> None:
+    """An unauthenticated Response to an authenticated GET is refused (RFC 3412 7.1.7)."""
+    async with udp_peer(v3_reporter(None)) as peer:
+        result = await _run(peer.port, _v3(SHA_AUTH_ONLY))
+    assert result.result is Result.PROTOCOL_MISMATCH
+    assert result.detail == "the agent answered an authenticated request without authentication"
+
+
 # --- the fakes, proven by net-snmp's own client ----------------------------------------------
 
 

@@ -7,6 +7,8 @@
   carrying its engine ID, boots and time) and every later request with one Report-PDU of the
   counter it is given (usmStatsDecryptionErrors, usmStatsNotInTimeWindows ...), unauthenticated
   and with request-id 0, as an agent that could not read the request sends it (RFC 3412 7.1.3).
+  Without a counter it answers a plaintext GET with an unauthenticated Response instead: an
+  agent breaking RFC 3412 7.1.7 (a Response at its request's security level).
 
 net-snmp's `snmpget` proves both in tests/checks/test_snmp.py (it prints the fake's sysDescr,
 and the report's meaning in its own words).
@@ -102,6 +104,10 @@ def _report(message_id: int, user: bytes, request_id: int, counter_oid: str) -> 
     v2c.apiPDU.set_defaults(report)
     v2c.apiPDU.set_request_id(report, request_id)
     v2c.apiPDU.set_varbinds(report, [(counter_oid, v2c.Counter32(1))])
+    return _unauthenticated(message_id, user, report)
+
+
+def _unauthenticated(message_id: int, user: bytes, report: Any) -> bytes:
     return encode_v3(
         message_id=message_id,
         flags=0,
@@ -112,8 +118,9 @@ def _report(message_id: int, user: bytes, request_id: int, counter_oid: str) -> 
     )
 
 
-def v3_reporter(counter_oid: str) -> Answer:
-    """An answer function for `udp_peer`: discovery answered, every request then reported."""
+def v3_reporter(counter_oid: str | None) -> Answer:
+    """An answer function for `udp_peer`: discovery answered, every request then reported
+    (or, without a counter, answered in clear)."""
     from pysnmp.proto.secmod import rfc3414  # noqa: PLC0415 - the check module loaded it first
 
     def answer(request: bytes) -> bytes:
@@ -128,6 +135,13 @@ def v3_reporter(counter_oid: str) -> Answer:
             pdu = message["msgData"]["plaintext"]["data"].getComponent()
             request_id = int(v2c.apiPDU.get_request_id(pdu))
             return _report(message_id, user, request_id, USM_UNKNOWN_ENGINE_IDS)
-        return _report(message_id, user, 0, counter_oid)
+        if counter_oid is not None:
+            return _report(message_id, user, 0, counter_oid)
+        pdu = message["msgData"]["plaintext"]["data"].getComponent()
+        response = v2c.ResponsePDU()
+        v2c.apiPDU.set_defaults(response)
+        v2c.apiPDU.set_request_id(response, int(v2c.apiPDU.get_request_id(pdu)))
+        v2c.apiPDU.set_varbinds(response, list(zip(REQUESTED_OIDS, default_values(), strict=True)))
+        return _unauthenticated(message_id, user, response)
 
     return answer
