@@ -13,12 +13,13 @@ import pytest
 from tests.peers import netns as peers_netns
 from tests.peers import nginx as peers_nginx
 from tests.peers import pki as peers_pki
+from tests.peers import pysnmp_agent as peers_pysnmp
 from tests.peers import slapd as peers_slapd
 from tests.peers import snmpd as peers_snmpd
 from tests.peers import sshd as peers_sshd
 from tests.peers.derby import derby
 
-__all__ = ["derby", "isolated_host", "nginx", "pki", "slapd", "snmpd", "sshd"]
+__all__ = ["derby", "isolated_host", "nginx", "pki", "pysnmp_agent", "slapd", "snmpd", "sshd"]
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +53,13 @@ def slapd(pki: peers_pki.Pki) -> Iterator[peers_slapd.Slapd]:
 def snmpd() -> Iterator[peers_snmpd.Snmpd]:
     """A real net-snmp agent with a v2c community and v3 users of every security level."""
     with peers_snmpd.run_snmpd() as agent:
+        yield agent
+
+
+@pytest.fixture(scope="session")
+def pysnmp_agent() -> Iterator[peers_pysnmp.PysnmpAgent]:
+    """pysnmp's own engine as an agent: 3DES and the "Cisco" AES users net-snmp lacks."""
+    with peers_pysnmp.run_pysnmp_agent() as agent:
         yield agent
 
 

@@ -137,17 +137,18 @@ def snmpget(
     )
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Poll with snmpget until the agent answers the community, within START_TIMEOUT_S."""
+def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path, options: Sequence[str]) -> None:
+    """Poll with snmpget (`options` say how to log in) until the agent answers, within
+    START_TIMEOUT_S; fail at once if the agent exits."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"snmpd exited with code {proc.returncode}:\n{log_tail(log)}")
-        answer = snmpget(port, ["-v2c", "-c", COMMUNITY], timeout_s=_PROBE_TIMEOUT_S)
+            raise RuntimeError(f"the agent exited with code {proc.returncode}:\n{log_tail(log)}")
+        answer = snmpget(port, options, timeout_s=_PROBE_TIMEOUT_S)
         if answer.returncode == 0:
             return
         time.sleep(0.05)  # a refused probe returns at once; do not spin
-    raise RuntimeError(f"snmpd did not answer within {START_TIMEOUT_S} s:\n{log_tail(log)}")
+    raise RuntimeError(f"the agent did not answer within {START_TIMEOUT_S} s:\n{log_tail(log)}")
 
 
 @contextlib.contextmanager
@@ -183,7 +184,7 @@ def run_snmpd(users: Sequence[V3User] = USERS) -> Iterator[Snmpd]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_ready(port, proc, log)
+        wait_ready(port, proc, log, ["-v2c", "-c", COMMUNITY])
         yield Snmpd(port=port, directory=directory, users=users)
     finally:
         if proc is not None:

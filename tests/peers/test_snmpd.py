@@ -1,9 +1,11 @@
-"""Prove the snmpd fixture with net-snmp's own client before the check's tests rely on it."""
+"""Prove the SNMP agents (snmpd, pysnmp's engine) with net-snmp's own client before the check's
+tests rely on them."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.peers.pysnmp_agent import PROOF_USER, PysnmpAgent
 from tests.peers.snmpd import SYS_DESCR, SYS_NAME, USERS, Snmpd, V3User, snmpget
 
 SYS_NAME_OID = "1.3.6.1.2.1.1.5.0"
@@ -40,3 +42,10 @@ def test_snmpget_sees_the_failures_the_check_must_classify(snmpd: Snmpd) -> None
     nobody = V3User("certero-nobody", user.auth_protocol, user.auth_password)
     answer = snmpget(snmpd.port, nobody.snmpget_options())
     assert "Unknown user name" in answer.stderr
+
+
+def test_snmpget_reads_the_pysnmp_agent(pysnmp_agent: PysnmpAgent) -> None:
+    """net-snmp's client logs in to pysnmp's agent (SHA-512, AES-256) and reads its sysDescr."""
+    answer = snmpget(pysnmp_agent.port, PROOF_USER.snmpget_options())
+    assert answer.returncode == 0, answer.stderr
+    assert 'STRING: "PySNMP engine version' in answer.stdout
