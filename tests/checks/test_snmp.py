@@ -13,6 +13,8 @@ from typing import Any, cast
 
 import pydantic
 import pytest
+from pyasn1.error import PyAsn1Error
+from pysnmp.error import PySnmpError
 from pysnmp.proto.api import v2c
 
 from exporter.checks import CHECKS, Target
@@ -63,6 +65,7 @@ NAMESPACE_PORT = 8161
 WRONG_PASSWORD = "S3CR3T-SNMP-WRONG-pw-77"
 FUZZ_CASES = 300  # mutated answers fed to the decoder; bounded so the test stays fast
 V3_FUZZ_CASES = 60  # mutated answers of the real agent, per message; each is one check
+CONCURRENT_CHECKS = 45  # five rounds of v2c and every v3 user, all at once
 
 
 async def _run(port: int, settings: SnmpSettings, timeout_s: float = TIMEOUT_S) -> CheckResult:
@@ -130,6 +133,27 @@ async def test_decryption_error_report_of_a_real_agent_is_auth_failed(
         "SNMPv3 report usmStatsDecryptionErrors: wrong privacy password or protocol "
         f"(user {user.name}, authPriv)"
     )
+
+
+async def test_concurrent_checks_of_every_user_share_nothing_but_caches(snmpd: Snmpd) -> None:
+    """Checks of every user and v2c at once, as a sweep runs them: each gets its own answer."""
+    settings = [SnmpSettings(community=snmpd.community), *(_v3(user) for user in USERS)]
+    results = await asyncio.gather(
+        *(_run(snmpd.port, settings[index % len(settings)]) for index in range(CONCURRENT_CHECKS))
+    )
+    assert [result.result for result in results] == [Result.OK] * CONCURRENT_CHECKS
+    for index, result in enumerate(results):
+        name = settings[index % len(settings)].username
+        assert result.detail.startswith("SNMPv2c: " if name is None else "SNMPv3 ")
+        assert name is None or f" as {name}: " in result.detail
+
+
+async def test_ipv6_agent_is_ok() -> None:
+    """An agent on ::1 answers like one on 127.0.0.1; the address tested is reported."""
+    async with udp_peer(v2c_agent(), host="::1") as peer:
+        outcome = await run_check(CHECKS["snmp"], Target("::1", peer.port), SnmpSettings(), 3.0)
+    assert outcome.result.result is Result.OK, outcome.result.detail
+    assert outcome.result.address == "::1"
 
 
 async def test_wrong_community_is_a_timeout_that_says_what_silence_means(snmpd: Snmpd) -> None:
@@ -717,3 +741,16 @@ def test_excerpt_quotes_text_and_shows_binary_as_hex() -> None:
         "00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f … (20 bytes)"
     )
     assert excerpt(b"\x30\x03") == "30 03"
+
+
+def test_classify_maps_codec_errors_and_leaves_the_rest() -> None:
+    """pyasn1's and pysnmp's errors are protocol mismatches; other errors are not this hook's."""
+    assert snmp_check.classify(PyAsn1Error("bad"), Phase.AUTH) == (
+        Result.PROTOCOL_MISMATCH,
+        "SNMP encoding error during auth: PyAsn1Error",
+    )
+    assert snmp_check.classify(PySnmpError("bad"), None) == (
+        Result.PROTOCOL_MISMATCH,
+        "SNMP error: PySnmpError",
+    )
+    assert snmp_check.classify(ValueError("x"), Phase.HANDSHAKE) is None
