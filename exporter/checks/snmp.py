@@ -6,7 +6,8 @@ no variables, answered by a usmStatsUnknownEngineIDs report that carries the age
 boots and time), then the GET as the configured user at the level the settings give
 (noAuthNoPriv, authNoPriv, authPriv). An authenticated request answered by an authenticated
 notInTimeWindow report is sent once more with the agent's clock from that report (§4 time
-synchronisation). Each request and its ids are a debug line.
+synchronisation). Each request and its ids are a debug line. Phases: `handshake` is the v2c GET
+or the v3 discovery, `auth` the v3 GET (with its time-window resend).
 
 Design: the exchange is ours, the wire format pysnmp's. Each request is encoded with pysnmp's
 ASN.1 message definitions (pyasn1) and sent through `exchange_datagram` on a connected socket,
