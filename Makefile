@@ -8,14 +8,16 @@ APT_PACKAGES = openssh-server nginx prometheus iptables nftables iproute2 iputil
 	samba smbclient samba-common-bin \
 	derby-tools libderby-java libderbyclient-java default-jre-headless \
 	nmap \
-	squid
+	squid \
+	snmpd snmp
 APT_BINARIES = /usr/sbin/sshd /usr/sbin/nginx /usr/bin/prometheus /usr/bin/promtool /usr/sbin/iptables-nft /usr/sbin/nft /usr/bin/ping /usr/bin/openssl \
 	/usr/sbin/slapd /usr/bin/ldapwhoami \
 	/usr/bin/tsql \
 	/usr/sbin/smbd /usr/sbin/nmbd /usr/libexec/samba/samba-dcerpcd /usr/bin/smbclient /usr/bin/nmblookup /usr/bin/smbpasswd \
 	/usr/bin/ij /usr/bin/java \
 	/usr/bin/nmap \
-	/usr/sbin/squid /usr/lib/squid/basic_ncsa_auth
+	/usr/sbin/squid /usr/lib/squid/basic_ncsa_auth \
+	/usr/sbin/snmpd /usr/bin/snmpget
 
 # pysap (OWASP), the independent SAP NI client that proves tests/peers/sap_ni_fake.py. It pins
 # cryptography<49, older than the exporter's; the tests use only its NI layer, which needs scapy

@@ -138,10 +138,22 @@ INVALID_CASES: dict[str, list[tuple[int, str, str]]] = {
     "invalid-udp-flow-setting.yaml": [
         (
             5,
-            "flows.snmp_endpoints.comunity",
-            "unknown field (check snmp is not available in this version and nothing runs in its "
-            "place, so this flow takes no settings of its own)",
+            "flows.netbios_ns_endpoints.scope_id",
+            "unknown field (check netbios_ns is not available in this version and nothing runs in "
+            "its place, so this flow takes no settings of its own)",
         )
+    ],
+    "invalid-snmp-v3-typo.yaml": [
+        (7, "flows.snmp_endpoints.auth_pasword", "unknown field; did you mean 'auth_password'?")
+    ],
+    "invalid-snmp-protocol.yaml": [
+        (
+            8,
+            "flows.snmp_endpoints.priv_protocol",
+            "unknown priv_protocol 'AES-512'; use one of DES, 3DES, AES, AES-192, AES-256, "
+            "AES-192-C, AES-256-C",
+        ),
+        (11, "extra_flows[0]", "community is for v2c and username for v3: give one of them"),
     ],
     "invalid-untargeted-flow-typo.yaml": [
         (
@@ -320,8 +332,9 @@ def test_embedded_default_targets_loopback_in_every_role() -> None:
     assert all(job.target.host == "127.0.0.1" for job in config.jobs)
     flows = {job.flow_id for job in config.jobs}
     assert {"ssh_endpoints", "icmp_endpoints", "https_app_relay", "ldaps_dc"} <= flows
-    # UDP flows wait for their own checks and say so.
-    assert "snmp_endpoints" in config.skipped_flows
+    # UDP flows without a check of their own wait for one and say so; snmp has its own.
+    assert "netbios_ns_endpoints" in config.skipped_flows
+    assert "snmp_endpoints" in flows
 
 
 def test_overrides_custom_flows_and_networks() -> None:

@@ -552,7 +552,10 @@ def test_serve_raises_the_soft_descriptor_limit(tmp_path: Path) -> None:
     ("module", "message"),
     [
         ("smb_endpoints", "flow smb_endpoints cannot be probed: disabled in the config"),
-        ("snmp_endpoints", "flow snmp_endpoints cannot be probed: check snmp is not available"),
+        (
+            "netbios_ns_endpoints",
+            "flow netbios_ns_endpoints cannot be probed: check netbios_ns is not available",
+        ),
         ("https_web_ui", "flow https_web_ui is measured from client; this exporter stands on"),
         ("nope", "unknown module 'nope': give a flow id or one of"),
     ],

@@ -26,6 +26,7 @@ from tests.peers.pki import Pki
 from tests.peers.samba_smb import USER_PASSWORD as SMB_PASSWORD
 from tests.peers.samba_smb import SambaSmb
 from tests.peers.slapd import USER_PASSWORD, Slapd
+from tests.peers.snmpd import COMMUNITY, SHA256_AES, Snmpd
 from tests.peers.squid import PROXY_PASSWORD, Squid
 from tests.peers.sshd import KEY_PASSPHRASE, LOGIN_PASSWORD, Sshd
 from tests.peers.tns_listener import TnsListener, run_tns_listener
@@ -63,6 +64,17 @@ PROXY_WRONG_PASSWORD = "S3CR3T-PROXY-WRONG-8c2d"
 PROXY_SECRETS = (PROXY_PASSWORD, PROXY_WRONG_PASSWORD)  # the proxy's password by file, a wrong one
 SSH_WRONG_PASSWORD = "S3CR3T-SSH-WRONG-3f7a"
 SSH_SECRETS = (LOGIN_PASSWORD, SSH_WRONG_PASSWORD, KEY_PASSPHRASE)
+SNMP_WRONG_COMMUNITY = "S3CR3T-SNMP-WRONG-COMMUNITY-9a1f"
+assert SHA256_AES.auth_password is not None
+assert SHA256_AES.priv_password is not None
+# the community by file, the v3 auth password inline, the priv password by env, a wrong community
+SNMP_SECRETS = (
+    COMMUNITY,
+    SHA256_AES.auth_password,
+    SHA256_AES.priv_password,
+    SNMP_WRONG_COMMUNITY,
+)
+SNMP_PRIV_VARIABLE = "CFE_TEST_SNMP_PRIV"
 QUERY_VARIABLE = "CFE_TEST_QUERY_TOKEN"
 COOKIE_VARIABLE = "CFE_TEST_COOKIE"
 MAX_RECORDED = 10_000  # requests kept by a capturing peer; the exporter runs for seconds only
@@ -78,6 +90,7 @@ def found_secrets(text: str) -> list[str]:
         *INFRASTRUCTURE_SECRETS,
         *PROXY_SECRETS,
         *SSH_SECRETS,
+        *SNMP_SECRETS,
     )
     return [secret for secret in everything if secret in text]
 
@@ -440,6 +453,23 @@ def ssh_flows(sshd: Sshd, password_file: Path) -> str:
     )
 
 
+def snmp_flows(snmpd: Snmpd, community_file: Path) -> str:
+    """SNMP flows: v2c with the community by file, v3 authPriv, and a wrong community inline."""
+    target = f'"127.0.0.1:{snmpd.port}"'
+    user = SHA256_AES
+    return (
+        f"  - id: snmp_v2c\n    check: snmp\n    target: {target}\n"
+        f"    community: {{file: {community_file}}}\n"
+        f"  - id: snmp_v3\n    check: snmp\n    target: {target}\n"
+        f"    username: {user.name}\n    auth_protocol: {user.auth_protocol}\n"
+        f'    auth_password: "{user.auth_password}"\n    priv_protocol: {user.priv_protocol}\n'
+        f"    priv_password: {{env: {SNMP_PRIV_VARIABLE}}}\n"
+        f"  - id: snmp_wrong\n    check: snmp\n    target: {target}\n"
+        f"    community: {SNMP_WRONG_COMMUNITY}\n"
+    )
+
+
+SNMP_FLOWS = ("snmp_v2c", "snmp_v3", "snmp_wrong")
 FLOWS = (
     "api_inline",
     "api_by_reference",
@@ -526,12 +556,15 @@ class DatabasePeers:
     tns: TnsListener
     slapd: Slapd
     samba: SambaSmb
+    snmpd: Snmpd
 
 
 @pytest.fixture
-def databases(sql: TdsFake, tns: TnsListener, slapd: Slapd, samba_smb: SambaSmb) -> DatabasePeers:
-    """The SQL Server fake, the Oracle listener fake, the real slapd and smbd, together."""
-    return DatabasePeers(sql, tns, slapd, samba_smb)
+def databases(
+    sql: TdsFake, tns: TnsListener, slapd: Slapd, samba_smb: SambaSmb, snmpd: Snmpd
+) -> DatabasePeers:
+    """The SQL Server fake, the Oracle listener fake, the real slapd, smbd and snmpd, together."""
+    return DatabasePeers(sql, tns, slapd, samba_smb, snmpd)
 
 
 def test_no_output_surface_shows_a_secret(
@@ -545,6 +578,7 @@ def test_no_output_surface_shows_a_secret(
     no secret, while the flow's own target did receive every one of them."""
     sql, tns, slapd, samba = databases.sql, databases.tns, databases.slapd, databases.samba
     nginx, squid, sshd = infrastructure.nginx, infrastructure.squid, infrastructure.sshd
+    snmpd = databases.snmpd
     own, other = peers
     secret_file = tmp_path / "api-key"
     secret_file.write_text(FILE_HEADER + "\n", encoding="utf-8")
@@ -560,6 +594,10 @@ def test_no_output_surface_shows_a_secret(
     proxy_password_file.write_text(PROXY_PASSWORD + "\n", encoding="utf-8")
     ssh_password_file = tmp_path / "ssh-password"
     ssh_password_file.write_text(LOGIN_PASSWORD + "\n", encoding="utf-8")
+    community_file = tmp_path / "snmp-community"
+    community_file.write_text(COMMUNITY + "\n", encoding="utf-8")
+    assert SHA256_AES.priv_password is not None
+    monkeypatch.setenv(SNMP_PRIV_VARIABLE, SHA256_AES.priv_password)
     monkeypatch.setenv(QUERY_VARIABLE, ENV_QUERY)
     monkeypatch.setenv(COOKIE_VARIABLE, ENV_COOKIE)
     config = tmp_path / "config.yaml"
@@ -571,6 +609,7 @@ def test_no_output_surface_shows_a_secret(
         + infrastructure_flows(vcenter, xapi, infrastructure.ca_file, vsphere_password_file)
         + proxy_flows(nginx, squid, proxy_password_file)
         + ssh_flows(sshd, ssh_password_file)
+        + snmp_flows(snmpd, community_file)
     )
     write_config(config, secret_file, own.port, extra)
     probe_targets = {
@@ -589,15 +628,16 @@ def test_no_output_surface_shows_a_secret(
         "ssh_login": f"127.0.0.1:{sshd.port}",
         "ssh_wrong": f"127.0.0.1:{sshd.port}",
         "ssh_key": f"127.0.0.1:{sshd.port}",
+        **{flow: f"127.0.0.1:{snmpd.port}" for flow in SNMP_FLOWS},
     }
     surfaces: dict[str, str] = {}
 
     with run_exporter(config, tmp_path, global_args=["--log-level", "debug"]) as exporter:
         surfaces["/metrics"] = wait_for_every_flow(
-            exporter, (*FLOWS, *INFRASTRUCTURE_FLOWS, "db_oracle")
+            exporter, (*FLOWS, *INFRASTRUCTURE_FLOWS, *SNMP_FLOWS, "db_oracle")
         )
         surfaces["/"] = exporter.get("/")[1]
-        for flow in (*FLOWS, *INFRASTRUCTURE_FLOWS):
+        for flow in (*FLOWS, *INFRASTRUCTURE_FLOWS, *SNMP_FLOWS):
             target = probe_targets.get(flow, f"127.0.0.1:{own.port}")
             status, body = exporter.get(f"/probe?module={flow}&target={target}&debug=true")
             assert status == 200
@@ -639,6 +679,10 @@ def test_no_output_surface_shows_a_secret(
     assert f"logged in as '{sshd.login_user}' (password)" in surfaces["/probe ssh_login"]
     assert f"logged in as '{sshd.login_user}' (key)" in surfaces["/probe ssh_key"]
     assert f"login as '{sshd.login_user}' refused" in surfaces["/probe ssh_wrong"]
+    # the SNMP community and pass phrases reached snmpd: two GETs answered, one dropped
+    assert "detail=SNMPv2c: snmp-test.example.test" in surfaces["/probe snmp_v2c"]
+    assert "detail=SNMPv3 authPriv as certero-sha256-aes:" in surfaces["/probe snmp_v3"]
+    assert "the community is wrong" in surfaces["/probe snmp_wrong"]
 
     for fmt in ("table", "json", "junit"):
         done = run_debug_cli("check", "--config", str(config), "--format", fmt, "--no-progress")

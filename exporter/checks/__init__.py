@@ -18,6 +18,7 @@ from exporter.checks import (
     oracle_tns,
     sap,
     smb,
+    snmp,
     ssh,
     tcp,
     tls,
@@ -47,6 +48,7 @@ CHECKS: Mapping[str, AnyCheckSpec] = {
         vsphere.SPEC,
         xenapi.SPEC,
         sap.SPEC,
+        snmp.SPEC,
     )
 }
 

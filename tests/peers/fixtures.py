@@ -13,8 +13,10 @@ import pytest
 from tests.peers import netns as peers_netns
 from tests.peers import nginx as peers_nginx
 from tests.peers import pki as peers_pki
+from tests.peers import pysnmp_agent as peers_pysnmp
 from tests.peers import samba as peers_samba
 from tests.peers import slapd as peers_slapd
+from tests.peers import snmpd as peers_snmpd
 from tests.peers import squid as peers_squid
 from tests.peers import sshd as peers_sshd
 from tests.peers.derby import derby
@@ -25,10 +27,12 @@ __all__ = [
     "isolated_host",
     "nginx",
     "pki",
+    "pysnmp_agent",
     "samba",
     "samba_smb",
     "samba_smb1_only",
     "slapd",
+    "snmpd",
     "squid",
     "sshd",
 ]
@@ -73,6 +77,20 @@ def squid() -> Iterator[peers_squid.Squid]:
     """A real squid with an open port, a basic-auth port and one destination port denied."""
     with peers_squid.run_squid() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def snmpd() -> Iterator[peers_snmpd.Snmpd]:
+    """A real net-snmp agent with a v2c community and v3 users of every security level."""
+    with peers_snmpd.run_snmpd() as agent:
+        yield agent
+
+
+@pytest.fixture(scope="session")
+def pysnmp_agent() -> Iterator[peers_pysnmp.PysnmpAgent]:
+    """pysnmp's own engine as an agent: 3DES and the "Cisco" AES users net-snmp lacks."""
+    with peers_pysnmp.run_pysnmp_agent() as agent:
+        yield agent
 
 
 @pytest.fixture
