@@ -20,7 +20,7 @@ from rich.table import Table
 from exporter import __version__
 from exporter.blocking import BlockingPool
 from exporter.catalogue import FLOWS
-from exporter.config import Config, Job, Sweep, effective_check, load_config, parse_endpoint
+from exporter.config import Config, Job, Sweep, load_config, parse_endpoint
 from exporter.errors import ConfigError, ConfigProblem
 from exporter.networks import Shard
 from exporter.report import FlowReport, NetworkReport, print_table, to_json, to_junit
@@ -279,7 +279,6 @@ def _catalogue(args: argparse.Namespace) -> int:
                 "from": flow.source.value,
                 "to": flow.destination.value,
                 "check": flow.check,
-                "check_in_this_version": effective_check(flow),
                 "optional": flow.optional,
                 "reason": flow.reason,
                 "footnote": flow.footnote,
@@ -294,8 +293,7 @@ def _catalogue(args: argparse.Namespace) -> int:
     for column in ("Id", "Proto/port", "From → to", "Check", "Rows", "Reason", "Notes"):
         table.add_column(column, overflow="fold")
     for flow in FLOWS:
-        running = effective_check(flow)
-        check = flow.check if running == flow.check else f"{flow.check} (now: {running or 'none'})"
+        check = flow.check
         notes = " ".join(
             part
             for part in (flow.footnote, flow.erratum, "Optional." if flow.optional else "")

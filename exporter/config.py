@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.catalogue import FLOWS, FLOWS_BY_ID, Flow, Role, Transport, VantagePoint
+from exporter.catalogue import FLOWS, FLOWS_BY_ID, Flow, Role, VantagePoint
 from exporter.checks import CHECKS, AnyCheckSpec, CheckSettings, Target
 from exporter.checks.net import dns_name_problem
 from exporter.errors import ConfigError, ConfigProblem
@@ -43,10 +43,6 @@ from exporter.secrets import unreadable_secrets
 EMBEDDED_DEFAULT = "<embedded default>"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-# Checks that exist in the catalogue but not yet in this build: TLS-protocol ports fall back to
-# a TLS handshake, other TCP ports to a connect, and the `check` label says which ran.
-_TLS_FALLBACK = frozenset({"vsphere"})
-
 # Bounds that keep a hostile or mistaken file from hanging or exhausting the process. A config
 # of 200,000 pairs written one extra flow per line is about 12 MB, so the size cap leaves room;
 # everything above it is refused after reading at most MAX_CONFIG_BYTES + 1 bytes.
@@ -489,15 +485,6 @@ class Config:
         )
 
 
-def effective_check(flow: Flow) -> str | None:
-    """The check that runs for a catalogue flow in this build (None: none can yet)."""
-    if flow.check in CHECKS:
-        return flow.check
-    if flow.transport is not Transport.TCP:
-        return None
-    return "tls" if flow.check in _TLS_FALLBACK else "tcp"
-
-
 def default_config_text() -> str:
     """The embedded default: this host's loopback in every destination role."""
     return resources.files("exporter").joinpath("default.yaml").read_text(encoding="utf-8")
@@ -859,8 +846,8 @@ class _Resolver:
     def _catalogue_jobs(self, flow: Flow) -> list[Job]:
         override = self.config.flows.get(flow.id, FlowOverride())
         path: tuple[str | int, ...] = ("flows", flow.id)
-        check = effective_check(flow)
-        settings = self._settings(override, path, flow.check, check, dict(flow.settings))
+        check = flow.check
+        settings = self._settings(override, path, check, dict(flow.settings))
         if flow.source is not self.config.source:
             if flow.id in self.config.flows:
                 self.warnings.append(
@@ -871,9 +858,6 @@ class _Resolver:
         if not override.enabled:
             self.skipped[flow.id] = "disabled in the config"
             return []
-        if check is None:
-            self.skipped[flow.id] = f"check {flow.check} is not available in this version"
-            return []
         if settings is None:
             return []
         endpoints = override.targets
@@ -883,11 +867,6 @@ class _Resolver:
             endpoints_path = ("targets", flow.destination.value)
         if not endpoints:
             self.skipped[flow.id] = f"no targets for role {flow.destination.value}"
-        if check != flow.check and endpoints:  # a flow without targets is only probed on demand
-            self.warnings.append(
-                f"flow {flow.id}: check {flow.check} is not available in this version; "
-                f"running {check} instead"
-            )
         return self._jobs(
             flow.id,
             check,
@@ -909,7 +888,7 @@ class _Resolver:
                 )
             )
             return []
-        settings = self._settings(extra, path, extra.check, extra.check)
+        settings = self._settings(extra, path, extra.check)
         if not extra.enabled:
             self.skipped[extra.id] = "disabled in the config"
             return []
@@ -936,33 +915,18 @@ class _Resolver:
         self,
         block: FlowOverride,
         path: tuple[str | int, ...],
-        wanted: str,
-        runs: str | None,
+        check: str,
         flow_defaults: Mapping[str, object] | None = None,
     ) -> CheckSettings | None:
         """The block's check settings, validated whole before anything decides to skip the flow.
 
         A mistake in a disabled flow, a flow without targets or one measured from another
         vantage point is still a mistake, and a misspelt `enabled` must never leave a flow
-        running. `wanted` is the check the flow asks for and `runs` the one that runs in its
-        place in this build (None: nothing does). The block is validated against the settings
-        of the check that runs, since those are the only settings that are used: a setting
-        of a check not yet available is refused rather than accepted and ignored. None, with
-        the problems recorded, when the block is invalid. `flow_defaults` are the catalogue
-        flow's own settings (the global catalog of `ldaps_gc`), which the block may override.
+        running. None, with the problems recorded, when the block is invalid. `flow_defaults`
+        are the catalogue flow's own settings (the global catalog of `ldaps_gc`), which the
+        block may override.
         """
-        model: type[CheckSettings] = CheckSettings if runs is None else CHECKS[runs].settings_model
-        note = ""
-        if runs is None:
-            note = (
-                f"check {wanted} is not available in this version and nothing runs in its "
-                "place, so this flow takes no settings of its own"
-            )
-        elif runs != wanted:
-            note = (
-                f"check {wanted} is not available in this version; this flow runs {runs}, "
-                "which has no such setting"
-            )
+        model = CHECKS[check].settings_model
         allowed = [*type(block).model_fields, *model.model_fields]
         if isinstance(block, ExtraFlow):
             allowed.append("target")
@@ -970,33 +934,31 @@ class _Resolver:
         settings: CheckSettings | None = None
         try:
             given = dict(block.model_extra or {})
-            defaults = flow_defaults if runs == wanted and flow_defaults else {}
+            defaults = flow_defaults or {}
             settings = model.model_validate({**defaults, **given})
         except ValidationError as exc:
             self.problems.extend(
-                _pydantic_problems(
-                    exc, self.lines, path, lambda key: _unknown_key(key, allowed, note)
-                )
+                _pydantic_problems(exc, self.lines, path, lambda key: _unknown_key(key, allowed))
             )
-        if runs is not None and not CHECKS[runs].uses_port:
+        if not CHECKS[check].uses_port:
             if block.port is not None:
                 self.problems.append(
-                    self.lines.problem((*path, "port"), f"check {runs} takes no port")
+                    self.lines.problem((*path, "port"), f"check {check} takes no port")
                 )
             for index, endpoint in enumerate(block.targets or []):
                 if endpoint.port is not None:
                     self.problems.append(
                         self.lines.problem(
                             (*path, "targets", index),
-                            f"check {runs} takes no port: write the host or network alone",
+                            f"check {check} takes no port: write the host or network alone",
                         )
                     )
-        if runs is not None and settings is not None:
+        if settings is not None:
             written = [((*path, "port"), block.port)] + [
                 ((*path, "targets", index), endpoint.port)
                 for index, endpoint in enumerate(block.targets or [])
             ]
-            self._check_ports(CHECKS[runs], settings, written)
+            self._check_ports(CHECKS[check], settings, written)
         interval = block.interval or self.config.defaults.interval
         timeout = block.timeout or self.config.defaults.timeout
         if timeout > interval and (block.timeout is not None or block.interval is not None):
@@ -1208,12 +1170,10 @@ class _Resolver:
                 yield Target(address, target.port)
 
 
-def _unknown_key(key: str, allowed: Collection[str], note: str) -> str:
-    """The message for an unknown key: the closest allowed key if one is close, else `note`."""
+def _unknown_key(key: str, allowed: Collection[str]) -> str:
+    """The message for an unknown key, naming the closest allowed key if one is close."""
     close = difflib.get_close_matches(key, allowed, n=1)
-    if close:
-        return f"unknown field; did you mean {close[0]!r}?"
-    return f"unknown field ({note})" if note else "unknown field"
+    return f"unknown field; did you mean {close[0]!r}?" if close else "unknown field"
 
 
 def _pair_count(endpoint: Endpoint, scheduler: SchedulerSettings) -> int:

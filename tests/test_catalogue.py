@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 
 from exporter.catalogue import FLOWS, FLOWS_BY_ID, FOOTNOTES, TABLE, Role, Transport, VantagePoint
 from exporter.checks import CHECKS
-from exporter.config import effective_check
+from exporter.config import parse_config
+from tests.peers.exporter import run_cli
 
 SEED = Path(__file__).parent / "testdata" / "certero-port-table.txt"
 PROTOCOLS = {"TCP", "UDP", "ICMP v4", "ICMP", "HTTPS", "HTTP", "HTTP S"}
@@ -149,12 +151,30 @@ def test_optional_flows() -> None:
     }
 
 
-def test_every_flow_runs_a_registered_check_or_says_why_not() -> None:
-    """Every TCP flow runs some registered check now; UDP flows wait for their own check."""
+def test_no_flow_falls_back() -> None:
+    """Every one of the 26 flows runs its own protocol-aware check: none is a bare TCP connect
+    or TLS handshake standing in for a protocol that can be spoken."""
+    assert len(FLOWS) == 26
     for flow in FLOWS:
-        running = effective_check(flow)
-        if running is None:
-            assert flow.transport is Transport.UDP
-            assert flow.check not in CHECKS
-        else:
-            assert running in CHECKS
+        assert flow.check in CHECKS, flow.id
+        assert flow.check not in {"tcp", "tls"}, flow.id
+    for source in VantagePoint:
+        config = parse_config(
+            f"source: {source.value}\ntargets:\n"
+            + "".join(f"  {role.value}: [127.0.0.1]\n" for role in Role),
+            "all.yaml",
+        )
+        for job in config.jobs:
+            assert job.catalogue_flow is not None
+            assert job.check == job.catalogue_flow.check
+        assert not [warning for warning in config.warnings if "instead" in warning]
+
+
+def test_catalogue_command_shows_the_check_of_every_flow() -> None:
+    """`catalogue --format json` names each flow's own check, one of the registered ones."""
+    run = run_cli("catalogue", "--format", "json")
+    assert run.returncode == 0, run.stderr
+    document = json.loads(run.stdout)
+    assert len(document) == 26
+    assert all(entry["check"] in CHECKS for entry in document)
+    assert "check_in_this_version" not in document[0]

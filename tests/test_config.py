@@ -139,8 +139,7 @@ INVALID_CASES: dict[str, list[tuple[int, str, str]]] = {
         (
             5,
             "flows.netbios_ns_endpoints.scope_id",
-            "unknown field (check netbios_ns is not available in this version and nothing runs in "
-            "its place, so this flow takes no settings of its own)",
+            "unknown field",
         )
     ],
     "invalid-snmp-v3-typo.yaml": [
@@ -162,14 +161,9 @@ INVALID_CASES: dict[str, list[tuple[int, str, str]]] = {
             "unknown field; did you mean 'expected_status'?",
         )
     ],
-    "invalid-unavailable-check-setting.yaml": [
+    "invalid-check-setting-typos.yaml": [
         (6, "flows.https_vsphere.ca_fil", "unknown field; did you mean 'ca_file'?"),
-        (
-            8,
-            "flows.sap_systems.system_id",
-            "unknown field (check sap is not available in this version; this flow runs tcp, "
-            "which has no such setting)",
-        ),
+        (8, "flows.sap_systems.system_id", "unknown field"),
     ],
 }
 
@@ -332,9 +326,11 @@ def test_embedded_default_targets_loopback_in_every_role() -> None:
     assert all(job.target.host == "127.0.0.1" for job in config.jobs)
     flows = {job.flow_id for job in config.jobs}
     assert {"ssh_endpoints", "icmp_endpoints", "https_app_relay", "ldaps_dc"} <= flows
-    # UDP flows without a check of their own wait for one and say so; snmp has its own.
-    assert "netbios_ns_endpoints" in config.skipped_flows
-    assert "snmp_endpoints" in flows
+    # every flow measured from the Endpoint Server runs, UDP ones included
+    assert {"snmp_endpoints", "netbios_ns_endpoints", "mssql_browser_app_db"} - flows == {
+        "mssql_browser_app_db"  # measured from the Application Server
+    }
+    assert not config.skipped_flows
 
 
 def test_overrides_custom_flows_and_networks() -> None:
@@ -382,17 +378,6 @@ def test_flow_from_another_vantage_point_is_not_run_here() -> None:
     )
     assert not [job for job in config.jobs if job.flow_id == "mssql_app_db"]
     assert any("mssql_app_db is measured from application_server" in w for w in config.warnings)
-
-
-def test_unavailable_check_falls_back_and_says_so() -> None:
-    """A catalogue check not in this version runs its stated fallback, labelled as such."""
-    config = parse_config("targets: {sap_systems: [127.0.0.1]}\n", "inline.yaml")
-    checks = {job.flow_id: job.check for job in config.jobs}
-    assert checks["sap_systems"] == "tcp"
-    assert (
-        "flow sap_systems: check sap is not available in this version; running tcp instead"
-        in config.warnings
-    )
 
 
 def test_settings_of_a_flow_that_does_not_run_are_still_checked() -> None:

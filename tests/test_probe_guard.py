@@ -552,17 +552,13 @@ def test_serve_raises_the_soft_descriptor_limit(tmp_path: Path) -> None:
     ("module", "message"),
     [
         ("smb_endpoints", "flow smb_endpoints cannot be probed: disabled in the config"),
-        (
-            "netbios_ns_endpoints",
-            "flow netbios_ns_endpoints cannot be probed: check netbios_ns is not available",
-        ),
         ("https_web_ui", "flow https_web_ui is measured from client; this exporter stands on"),
         ("nope", "unknown module 'nope': give a flow id or one of"),
     ],
 )
 def test_modules_that_cannot_run_here_are_a_400(module: str, message: str) -> None:
-    """A disabled flow, a flow whose check this build lacks, a flow of another vantage point
-    or an unknown name is a 400 that says so."""
+    """A disabled flow, a flow of another vantage point or an unknown name is a 400 that says
+    so."""
     config = parse_config(
         "source: endpoint_server\nflows: {smb_endpoints: {enabled: false}}\n", "test.yaml"
     )

@@ -19,7 +19,7 @@ from exporter.checks.db2 import (
     release_version,
     validate_dss_header,
 )
-from exporter.config import effective_check, parse_config
+from exporter.config import parse_config
 from exporter.errors import CheckFailure
 from exporter.result import CheckResult, Phase, Result
 from exporter.runner import run_check
@@ -63,7 +63,7 @@ def test_catalogue_flows_run_the_db2_check() -> None:
     }
     assert jobs["db2_ilmt"].settings == Db2Settings(database="TEMADB")
     for flow_id in ("db2_ilmt", "db2_bigfix"):
-        assert effective_check(FLOWS_BY_ID[flow_id]) == "db2"
+        assert FLOWS_BY_ID[flow_id].check == "db2"
         assert FLOWS_BY_ID[flow_id].port == 50000
     assert not [warning for warning in config.warnings if "db2" in warning]
 

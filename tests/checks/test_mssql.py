@@ -20,7 +20,7 @@ from exporter.checks.mssql import (
     parse_prelogin_reply,
     parse_svr_resp,
 )
-from exporter.config import effective_check, parse_config
+from exporter.config import parse_config
 from exporter.errors import CheckFailure, ConfigError
 from exporter.result import CheckResult, PeerInfo, Phase, Result
 from exporter.runner import run_check
@@ -319,8 +319,8 @@ def test_catalogue_flows_run_the_real_checks(monkeypatch: pytest.MonkeyPatch) ->
     assert isinstance(settings.password, SecretRef)
     flows = {flow.id: flow for flow in FLOWS}
     for flow_id in ("mssql_app_db", "mssql_reporting", "mssql_ilmt", "mssql_bigfix", "mssql_sccm"):
-        assert effective_check(flows[flow_id]) == "mssql"
-    assert effective_check(flows["mssql_browser_app_db"]) == "mssql_browser"
+        assert flows[flow_id].check == "mssql"
+    assert flows["mssql_browser_app_db"].check == "mssql_browser"
 
 
 def test_misspelt_setting_is_named() -> None:

@@ -21,7 +21,7 @@ from exporter.checks.netbios import (
     build_session_request,
     parse_node_status,
 )
-from exporter.config import effective_check, parse_config
+from exporter.config import parse_config
 from exporter.errors import CheckFailure, ConfigError
 from exporter.result import CheckResult, PeerInfo, Phase, Result
 from exporter.runner import run_check
@@ -112,8 +112,8 @@ def test_called_name_setting_is_a_netbios_name() -> None:
 
 def test_catalogue_flows_run_the_netbios_checks() -> None:
     """Both NetBIOS flows of the port table now run their own check, settings validated."""
-    assert effective_check(FLOWS_BY_ID["netbios_ns_endpoints"]) == "netbios_ns"
-    assert effective_check(FLOWS_BY_ID["netbios_ssn_endpoints"]) == "netbios_ssn"
+    assert FLOWS_BY_ID["netbios_ns_endpoints"].check == "netbios_ns"
+    assert FLOWS_BY_ID["netbios_ssn_endpoints"].check == "netbios_ssn"
     config = parse_config(
         "source: endpoint_server\n"
         "targets: {endpoint_networks: [192.0.2.10]}\n"
