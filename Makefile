@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 # Real peers and tools the tests start themselves (see tests/peers/).
-APT_PACKAGES = openssh-server nginx prometheus iptables nftables iproute2 iputils-ping openssl ca-certificates \
+APT_PACKAGES = openssh-server nginx prometheus prometheus-alertmanager iptables nftables iproute2 iputils-ping openssl ca-certificates \
 	slapd ldap-utils \
 	freetds-bin \
 	samba smbclient samba-common-bin \
@@ -10,7 +10,7 @@ APT_PACKAGES = openssh-server nginx prometheus iptables nftables iproute2 iputil
 	nmap \
 	squid \
 	snmpd snmp
-APT_BINARIES = /usr/sbin/sshd /usr/sbin/nginx /usr/bin/prometheus /usr/bin/promtool /usr/sbin/iptables-nft /usr/sbin/nft /usr/bin/ping /usr/bin/openssl \
+APT_BINARIES = /usr/sbin/sshd /usr/sbin/nginx /usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager /usr/bin/amtool /usr/sbin/iptables-nft /usr/sbin/nft /usr/bin/ping /usr/bin/openssl \
 	/usr/sbin/slapd /usr/bin/ldapwhoami \
 	/usr/bin/tsql \
 	/usr/sbin/smbd /usr/sbin/nmbd /usr/libexec/samba/samba-dcerpcd /usr/bin/smbclient /usr/bin/nmblookup /usr/bin/smbpasswd \

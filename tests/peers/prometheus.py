@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,18 +54,31 @@ def _ready(base_url: str) -> bool:
 
 
 @contextlib.contextmanager
-def run_prometheus(directory: Path, scrape_configs: list[dict[str, Any]]) -> Iterator[Prometheus]:
-    """Start Prometheus on a free loopback port with a 1 s scrape interval; stop it on exit."""
+def run_prometheus(
+    directory: Path,
+    scrape_configs: list[dict[str, Any]],
+    *,
+    rule_files: Sequence[Path] = (),
+    alertmanagers: Sequence[str] = (),
+) -> Iterator[Prometheus]:
+    """Start Prometheus on a free loopback port with a 1 s scrape interval; stop it on exit.
+
+    Rules in `rule_files` are evaluated every second; firing alerts go to the Alertmanagers at
+    `alertmanagers` (`host:port`).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "prometheus.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-                "scrape_configs": scrape_configs,
-            }
-        )
-    )
+    document: dict[str, Any] = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": scrape_configs,
+    }
+    if rule_files:
+        document["rule_files"] = [str(path) for path in rule_files]
+    if alertmanagers:
+        document["alerting"] = {
+            "alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]
+        }
+    config.write_text(yaml.safe_dump(document))
     port = free_tcp_port(HOST)
     base_url = f"http://{HOST}:{port}"
     log = directory / "prometheus.log"

@@ -1,0 +1,1 @@
+"""Prometheus rules shipped with the exporter, generated from one settings block."""
