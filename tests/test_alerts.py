@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from alerts import generate
+from exporter import collector
 from exporter.catalogue import FLOWS
 from tests.peers.alertmanager import Alertmanager, run_alertmanager
 from tests.peers.ports import free_tcp_port
@@ -50,6 +51,24 @@ def test_committed_rule_file_is_generated_from_the_settings() -> None:
     assert generate.RULE_FILE.read_text(encoding="utf-8") == generate.render(), (
         "alerts/certero-flow.rules.yml is stale: run `python -m alerts.generate`"
     )
+
+
+def test_rules_read_only_series_the_collector_emits() -> None:
+    """Every certero_flow_* name in a rule is a family of the collector (a histogram's
+    `_bucket` series included); the recorded series the rules read are recorded by them."""
+    families = {
+        family.name: family.type
+        for family in vars(collector).values()
+        if isinstance(family, collector.Family)
+    }
+    recorded = {rule["record"] for rule in shipped_rules() if "record" in rule}
+    for rule in shipped_rules():
+        for name in re.findall(r"\b(certero_flow_[a-z_]+)\b(?![:(])", rule["expr"]):
+            base = name.removesuffix("_bucket")
+            assert base in families, name
+            assert (name != base) == (families[base] == "histogram"), name
+        for name in re.findall(r"\bcertero_flow:[a-z0-9_:]+", rule["expr"]):
+            assert name in recorded, name
 
 
 def test_promtool_check_rules() -> None:
