@@ -89,12 +89,12 @@ def kept_residue(job: dict[str, Any]) -> int:
 
 def aimed(job: dict[str, Any], targets: list[str], address: str) -> dict[str, Any]:
     """`job` with its static targets replaced and its `__address__` rule pointing at `address`;
-    nothing else of the job changes."""
+    its timing is left to run_prometheus (every second). Its relabelling is untouched."""
     job = copy.deepcopy(job)
     job["static_configs"] = [{"targets": targets}]
     (rule,) = [r for r in job.get("relabel_configs", []) if r.get("target_label") == "__address__"]
     rule["replacement"] = address
-    for timing in ("scrape_interval", "scrape_timeout"):  # run_prometheus scrapes every second
+    for timing in ("scrape_interval", "scrape_timeout"):
         job.pop(timing, None)
     return job
 
