@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from tests.operator_resources import RELABEL_ACTIONS, problems, scrape_config
-from tests.peers.exporter import RunningExporter, run_exporter
+from tests.peers.exporter import RunningExporter, run_cli, run_exporter
 from tests.peers.prometheus import Prometheus, run_prometheus
 from tests.peers.recording_listener import run_recording_listener
 
@@ -376,6 +376,15 @@ def test_one_exporter_per_vantage_point_runs_only_its_own_flows(tmp_path: Path) 
         assert reached == {ROLE_HOSTS[role] for role in ROLE_HOSTS} - {
             ROLE_HOSTS["endpoint_server"]
         }
+
+
+def test_application_server_example_config_is_valid_and_runs_its_three_flows() -> None:
+    """config/application-server.yaml, the second vantage point's example, validates cleanly:
+    source application_server, its three flows' pairs, no warning."""
+    run = run_cli("validate", str(CONFIG_DIR / "application-server.yaml"))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith("valid, source application_server, 3 (flow, target) pairs")
+    assert run.stderr == ""
 
 
 def _write(path: Path, text: str) -> Path:
