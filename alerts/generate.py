@@ -43,9 +43,9 @@ class Settings:
     """Every threshold of the rules. Durations are Prometheus durations (`5m`, `1d`)."""
 
     # Series selection: `flow_selector` narrows every certero_flow_* series (e.g.
-    # `job="certero-flow-exporter"`); the exporter's own scrape job is `exporter_job`.
+    # `job="certero-flow"`); the exporter's own scrape job is `exporter_job`.
     flow_selector: str = ""
-    exporter_job: str = "certero-flow-exporter"
+    exporter_job: str = "certero-flow"  # the job name of config/prometheus-scrape.yml
     # A flow (one target) failing continuously for this long pages per its severity.
     flow_down_for: str = "5m"
     # The exporter could not run a check (`exporter_error`): the flow's state is unknown.

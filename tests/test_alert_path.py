@@ -32,7 +32,7 @@ from tests.peers.procs import stop_process
 from tests.peers.prometheus import Prometheus, run_prometheus
 from tests.test_alerts import local_alertmanager_config
 
-JOB = "certero-flow-exporter"
+JOB = "certero-flow"  # the job name of config/prometheus-scrape.yml
 FLOW = "app_database"
 WAIT_S = 30.0
 # Seconds instead of minutes, so the path runs in the test's time; every other setting is the

@@ -71,6 +71,17 @@ def test_rules_read_only_series_the_collector_emits() -> None:
             assert name in recorded, name
 
 
+def test_exporter_job_is_the_shipped_scrape_job() -> None:
+    """The rules' exporter job is the job config/prometheus-scrape.yml scrapes /metrics with."""
+    scrape = yaml.safe_load((ROOT / "config" / "prometheus-scrape.yml").read_text("utf-8"))
+    metrics_jobs = [
+        job["job_name"]
+        for job in scrape["scrape_configs"]
+        if job.get("metrics_path", "/metrics") == "/metrics"
+    ]
+    assert metrics_jobs == [generate.Settings().exporter_job]
+
+
 def test_promtool_check_rules() -> None:
     """promtool accepts the rule file (syntax, PromQL, templates, no duplicate rules)."""
     checked = run_tool("promtool", "check", "rules", str(generate.RULE_FILE))
@@ -216,7 +227,7 @@ def flow_alert(alertname: str, **labels: str) -> dict[str, Any]:
     return {
         "labels": {
             "alertname": alertname,
-            "job": "certero-flow-exporter",
+            "job": "certero-flow",
             "instance": "es1:10163",
             **labels,
         },
