@@ -98,6 +98,11 @@ class Flow:
     settings: tuple[tuple[str, object], ...] = ()
 
     @property
+    def severity(self) -> str:
+        """How hard a broken flow pages by default (`flows.<id>.severity` overrides it)."""
+        return "critical" if self.id in CRITICAL_FLOWS else "warning"
+
+    @property
     def reason(self) -> str:
         """The table's reason text (both reasons where two rows describe this flow)."""
         return " / ".join(row.reason for row in self.rows)
@@ -253,5 +258,18 @@ FLOWS: tuple[Flow, ...] = (
     Flow("https_customer_centre", _TCP, 443, _A, Role.CUSTOMER_CENTRE, "https", (_row(27),),
          "Can go through a proxy server", optional=True),
 )  # fmt: skip
+
+# The flows the platform itself cannot run without: the Application Server's database, the
+# Endpoint Server's relay to it, and the agents' and users' ways in. Every other flow feeds
+# inventory (a connector, a discovery protocol) and is a warning; optional flows are warnings.
+CRITICAL_FLOWS = frozenset(
+    {
+        "mssql_app_db",
+        "mssql_browser_app_db",
+        "https_app_relay",
+        "https_agent_upload",
+        "https_web_ui",
+    }
+)
 
 FLOWS_BY_ID: Mapping[str, Flow] = {flow.id: flow for flow in FLOWS}

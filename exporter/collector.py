@@ -66,7 +66,27 @@ PHASE = Family(
 HISTOGRAM = Family(
     "certero_flow_check_duration_seconds",
     "histogram",
-    "Durations of all checks of the flow since the exporter started.",
+    "Durations of all checks of the pair since the exporter started (flows with histograms: true).",
+    cached=False,
+)
+FLOW_LATENCY = Family(
+    "certero_flow_latency_seconds",
+    "histogram",
+    "Durations of all checks of the flow across its targets (swept hosts included) since the "
+    "exporter started.",
+    cached=False,
+)
+FLOW_INFO = Family(
+    "certero_flow_info",
+    "gauge",
+    "Each flow this exporter runs: its port table row, how hard it pages and whether it is "
+    "optional; join on (flow, source).",
+    cached=False,
+)
+FLOW_INTERVAL = Family(
+    "certero_flow_interval_seconds",
+    "gauge",
+    "Seconds between two checks of each pair of the flow (or two sweeps of its networks).",
     cached=False,
 )
 LAST_CHECK = Family(
@@ -149,6 +169,13 @@ class History:
         """A histogram with no observations."""
         return cls([0] * len(HISTOGRAM_BUCKETS))
 
+    def merge(self, other: History) -> None:
+        """Add another histogram's observations (a sweep's hosts into its flow's)."""
+        for index, count in enumerate(other.bucket_counts):
+            self.bucket_counts[index] += count
+        self.total += other.total
+        self.count += other.count
+
     def observe(self, seconds: float) -> None:
         """Add one check duration."""
         for index, bound in enumerate(HISTOGRAM_BUCKETS):
@@ -215,8 +242,8 @@ _STATE_SUFFIXES: dict[Result, tuple[str, ...]] = {
 _BUCKET_SUFFIXES = tuple(f'le="{bound}"}} ' for bound in HISTOGRAM_BUCKETS)
 
 
-def _render_history(inner: str, history: History) -> str:
-    prefix = f"{HISTOGRAM.name}_bucket{{{inner},"
+def _render_history(inner: str, history: History, family: Family = HISTOGRAM) -> str:
+    prefix = f"{family.name}_bucket{{{inner},"
     lines = [
         f"{prefix}{suffix}{cumulative}\n"
         for suffix, cumulative in zip(
@@ -224,9 +251,67 @@ def _render_history(inner: str, history: History) -> str:
         )
     ]
     lines.append(f'{prefix}le="+Inf"}} {history.count}\n')
-    lines.append(f"{HISTOGRAM.name}_sum{{{inner}}} {number(history.total)}\n")
-    lines.append(f"{HISTOGRAM.name}_count{{{inner}}} {history.count}\n")
+    lines.append(f"{family.name}_sum{{{inner}}} {number(history.total)}\n")
+    lines.append(f"{family.name}_count{{{inner}}} {history.count}\n")
     return "".join(lines)
+
+
+def render_flow_latency(
+    histograms: Iterable[tuple[tuple[tuple[str, str], ...], History]],
+) -> bytes:
+    """`certero_flow_latency_seconds`: one histogram per flow (labels flow, source, check)."""
+    body = "".join(
+        _render_history(label_text(labels)[1:-1], history, FLOW_LATENCY)
+        for labels, history in histograms
+    )
+    return FLOW_LATENCY.header() + body.encode() if body else b""
+
+
+@dataclass(frozen=True, slots=True)
+class FlowFacts:
+    """What `certero_flow_info` and `certero_flow_interval_seconds` say of one flow."""
+
+    flow: str
+    check: str
+    protocol: str
+    port: str
+    source: str
+    destination: str
+    reason: str
+    severity: str
+    optional: bool
+    interval_seconds: float
+
+
+def render_flows(facts: Iterable[FlowFacts], source: str) -> bytes:
+    """The per-flow info and interval series, rendered once per config."""
+    info: list[str] = []
+    intervals: list[str] = []
+    for fact in facts:
+        key = (("flow", fact.flow), ("source", source))
+        labels = label_text(
+            (
+                *key,
+                ("check", fact.check),
+                ("protocol", fact.protocol),
+                ("port", fact.port),
+                ("from", fact.source),
+                ("to", fact.destination),
+                ("reason", fact.reason),
+                ("severity", fact.severity),
+                ("optional", "true" if fact.optional else "false"),
+            )
+        )
+        info.append(f"{FLOW_INFO.name}{labels} 1\n")
+        intervals.append(f"{FLOW_INTERVAL.name}{label_text(key)} {number(fact.interval_seconds)}\n")
+    if not info:
+        return b""
+    return (
+        FLOW_INFO.header().decode()
+        + "".join(info)
+        + FLOW_INTERVAL.header().decode()
+        + "".join(intervals)
+    ).encode()
 
 
 def render_catalogue(flows: Iterable[Flow] = FLOWS) -> bytes:

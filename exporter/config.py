@@ -87,6 +87,7 @@ def parse_duration(value: object) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 FlowId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+Severity = Literal["critical", "warning", "info"]
 
 
 class StrictModel(BaseModel):
@@ -280,6 +281,8 @@ class FlowOverride(BaseModel):
 
     `sweep` says whether the flow's networks are swept (default: on flows to endpoint
     networks); `per_host`, `max_per_host_series` and `presence` shape a sweep's output.
+    `severity` overrides the catalogue's (alerts page by it); `histograms` adds a latency
+    histogram per pair to the per-flow one (14 series a pair).
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -289,6 +292,8 @@ class FlowOverride(BaseModel):
     interval: Duration | None = None
     timeout: Duration | None = None
     targets: list[EndpointField] | None = None
+    severity: Severity | None = None
+    histograms: bool = False
     sweep: bool | None = None
     per_host: bool = False
     max_per_host_series: int = Field(default=256, ge=1, le=65536)
@@ -342,6 +347,7 @@ class Job:
     interval: float
     timeout: float
     catalogue_flow: Flow | None = None
+    histograms: bool = False  # a latency histogram of this pair's own (opt-in: 14 series)
     # Identity of the pair across reloads.
     key: tuple[str, str] = field(init=False, repr=False, compare=False)
     # A stable number in [0, 1) that places this job's first run in the start-up spread.
@@ -367,6 +373,9 @@ class FlowTemplate:
     timeout: float
     catalogue_flow: Flow | None
     endpoints: tuple[Endpoint, ...] = ()
+    severity: str = "warning"
+    histograms: bool = False
+    description: str = ""
 
     def port_for(self, written: int | None) -> int | None:
         """The port checked for a target written with `written`: its own, else the flow's;
@@ -391,6 +400,7 @@ class FlowTemplate:
             self.interval,
             self.timeout,
             self.catalogue_flow,
+            self.histograms,
         )
 
 
@@ -1028,8 +1038,20 @@ class _Resolver:
         timeout = override.timeout or self.config.defaults.timeout
         if timeout > interval:
             return []  # the defaults are at fault, reported once by resolve()
+        severity = override.severity or (flow.severity if flow is not None else "warning")
         template = FlowTemplate(
-            flow_id, check, spec, settings, port, interval, timeout, flow, tuple(endpoints)
+            flow_id,
+            check,
+            spec,
+            settings,
+            port,
+            interval,
+            timeout,
+            flow,
+            tuple(endpoints),
+            severity,
+            override.histograms,
+            override.description if isinstance(override, ExtraFlow) else "",
         )
         self.templates[flow_id] = template
         sweeps = self._sweeps(template, override, endpoints, endpoints_path, path)

@@ -9,8 +9,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from exporter.collector import NETWORK_FAMILIES, History, iter_families, render_network, render_pair
-from exporter.config import Job, Sweep
+from exporter.collector import (
+    NETWORK_FAMILIES,
+    FlowFacts,
+    History,
+    iter_families,
+    render_flow_latency,
+    render_flows,
+    render_network,
+    render_pair,
+)
+from exporter.config import Config, FlowTemplate, Job, Sweep
 from exporter.result import CheckResult, Result
 from exporter.sweep import SweepTally
 
@@ -23,7 +32,7 @@ class Entry:
     labels: tuple[tuple[str, str], ...]
     result: CheckResult
     finished_at: float
-    history: History
+    history: History | None  # only for flows with `histograms: true`
     chunks: tuple[bytes, ...]
 
 
@@ -49,9 +58,30 @@ class ResultStore:
         self.source = source
         self._entries: dict[tuple[str, str], Entry] = {}
         self._sweeps: dict[tuple[str, str], SweepEntry] = {}
+        # Per flow: its latency histogram across targets, keyed by flow id and check.
+        self._latency: dict[tuple[str, str], History] = {}
+        self._flows = b""  # certero_flow_info and certero_flow_interval_seconds of the config
+
+    def describe_flows(self, config: Config) -> None:
+        """Render the config's per-flow series; drop latency histograms of flows gone."""
+        self.source = config.source.value
+        facts = [_flow_facts(template, self.source) for template in config.templates.values()]
+        self._flows = render_flows(facts, self.source)
+        kept = {(fact.flow, fact.check) for fact in facts}
+        for key in list(self._latency):
+            if key not in kept:
+                del self._latency[key]
+
+    def _flow_latency(self, flow_id: str, check: str) -> History:
+        """The flow's latency histogram, made on its first check."""
+        latency = self._latency.get((flow_id, check))
+        if latency is None:
+            latency = self._latency[(flow_id, check)] = History.empty()
+        return latency
 
     def record_sweep(self, sweep: Sweep, tally: SweepTally) -> None:
         """Keep a completed sweep in place of the previous one of its network."""
+        self._flow_latency(sweep.flow_id, sweep.check).merge(tally.durations)
         labels = self.network_labels(sweep)
         self._sweeps[sweep.key] = SweepEntry(
             sweep, labels, tally, *self._render_sweep(sweep, labels, tally)
@@ -112,8 +142,14 @@ class ResultStore:
     def record(self, job: Job, result: CheckResult, finished_at: float) -> Result | None:
         """Store a result; return the previous result class (None for the first one)."""
         entry = self._entries.get(job.key)
-        history = entry.history if entry is not None else History.empty()
-        history.observe(result.duration_seconds)
+        history = entry.history if entry is not None else None
+        if job.histograms and history is None:
+            history = History.empty()
+        elif not job.histograms:
+            history = None
+        if history is not None:
+            history.observe(result.duration_seconds)
+        self._flow_latency(job.flow_id, job.check).observe(result.duration_seconds)
         labels = entry.labels if entry is not None and entry.job is job else self.labels(job)
         chunks = render_pair(labels, result, finished_at, history)
         self._entries[job.key] = Entry(job, labels, result, finished_at, history, chunks)
@@ -181,7 +217,45 @@ class ResultStore:
         if self._sweeps:
             networks = [sweep.chunks for sweep in self._sweeps.values()]
             yield from iter_families(networks, NETWORK_FAMILIES)
+        yield self._flows
+        yield render_flow_latency(
+            (
+                (("flow", flow_id), ("source", self.source), ("check", check)),
+                history,
+            )
+            for (flow_id, check), history in self._latency.items()
+        )
 
     def render(self) -> bytes:
         """The whole per-pair text at once (for tests and one-shot use)."""
         return b"".join(self.render_parts())
+
+
+def _flow_facts(template: FlowTemplate, source: str) -> FlowFacts:
+    """A flow's row for `certero_flow_info`: the catalogue's, or an extra flow's own."""
+    flow = template.catalogue_flow
+    if flow is not None:
+        return FlowFacts(
+            flow=template.flow_id,
+            check=template.check,
+            protocol=flow.transport.value,
+            port=str(template.port) if template.port is not None else flow.port_text,
+            source=flow.source.value,
+            destination=flow.destination.value,
+            reason=flow.reason,
+            severity=template.severity,
+            optional=flow.optional,
+            interval_seconds=template.interval,
+        )
+    return FlowFacts(
+        flow=template.flow_id,
+        check=template.check,
+        protocol=template.spec.transport,
+        port=str(template.port) if template.port is not None else "-",
+        source=source,
+        destination="custom",
+        reason=template.description,
+        severity=template.severity,
+        optional=False,
+        interval_seconds=template.interval,
+    )

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from exporter.blocking import BlockingPool
 from exporter.checks import CHECKS, Target
+from exporter.collector import History
 from exporter.config import PRESENCE_CHECK, Sweep
 from exporter.result import CheckResult, Result
 from exporter.runner import RunOutcome, run_check
@@ -61,12 +62,14 @@ class SweepTally:
     finished_at: float = 0.0
     duration_seconds: float = 0.0
     per_host: dict[str, CheckResult] = field(default_factory=dict)
+    durations: History = field(default_factory=History.empty)  # for the flow's latency histogram
     # A max-heap by (rank, index) through negated keys: the kept worst hosts.
     _worst: list[tuple[int, int, HostOutcome]] = field(default_factory=list)
 
     def add(self, index: int, outcome: HostOutcome, keep_per_host: bool) -> None:
         """Count one host's outcome; `index` is the host's place in address order."""
         result = outcome.result.result
+        self.durations.observe(outcome.result.duration_seconds)
         self.probed += 1
         self.counts[result] += 1
         if not outcome.present:

@@ -186,6 +186,7 @@ class ExporterState:
         for _ in self.store.retain_in_steps(config.by_key, config.source.value, APPLY_STEP_PAIRS):
             await asyncio.sleep(0)
         self.store.retain_sweeps(config.sweeps_by_key, config.source.value)
+        self.store.describe_flows(config)
         self.metrics.reload_success.set(1)
         self.metrics.reload_timestamp.set(time.time())
         logger.info("config reloaded origin=%s pairs=%d", config.origin, len(config.jobs))
@@ -224,6 +225,7 @@ def make_app(
     """Build the aiohttp application around a loaded config (and web config, if any)."""
     app = web.Application()
     app[STATE] = state
+    state.store.describe_flows(state.config)
     if web_config is not None:
         state.web = secure_app(app, web_config)
     app.router.add_get("/", landing_page)

@@ -69,14 +69,19 @@ def make_config(targets: list[str], fake: FakeCheck, **scheduler: object) -> Con
 
 
 def with_jobs_changed(
-    config: Config, *, interval: float | None = None, timeout: float | None = None
+    config: Config,
+    *,
+    interval: float | None = None,
+    timeout: float | None = None,
+    histograms: bool = False,
 ) -> Config:
-    """The same config with the interval or timeout of every job changed."""
+    """The same config with the interval, timeout or histogram opt-in of every job changed."""
     jobs = tuple(
         dataclasses.replace(
             job,
             interval=job.interval if interval is None else interval,
             timeout=job.timeout if timeout is None else timeout,
+            histograms=histograms,
         )
         for job in config.jobs
     )
@@ -140,15 +145,16 @@ async def test_per_host_concurrency_is_bounded() -> None:
 
 
 async def test_pairs_rerun_on_their_interval() -> None:
-    """A pair runs again after its interval, and its histogram counts every run."""
+    """A pair runs again after its interval, and its histogram (opted in) counts every run."""
     fake = FakeCheck()
     fake.release.set()
-    config = with_jobs_changed(make_config(["10.0.0.1:1"], fake), interval=0.02)
+    config = with_jobs_changed(make_config(["10.0.0.1:1"], fake), interval=0.02, histograms=True)
     _, store, task = await start(config)
     await wait_until(lambda: fake.runs["10.0.0.1:1"] >= 3)
     await stop(task)
     entry = store.get(("fake", "10.0.0.1:1"))
     assert entry is not None
+    assert entry.history is not None
     assert entry.history.count >= 3
 
 

@@ -113,7 +113,15 @@ def test_metrics_show_results_of_every_flow(
     assert (value(found, "certero_flow_duration_seconds", **ssh) or 0) > 0
     assert value(found, "certero_flow_phase_duration_seconds", **ssh, phase="connect") is not None
     assert value(found, "certero_flow_phase_duration_seconds", **ssh, phase="handshake") is not None
-    assert (value(found, "certero_flow_check_duration_seconds_count", **ssh) or 0) >= 1
+    # the flow's latency histogram, across its targets; no per-pair histogram by default
+    flow = {"flow": "ssh_hmc", "source": "endpoint_server", "check": "ssh"}
+    assert (value(found, "certero_flow_latency_seconds_count", **flow) or 0) >= 1
+    assert value(found, "certero_flow_check_duration_seconds_count", **ssh) is None
+    info = value(
+        found, "certero_flow_info", flow="ssh_hmc", source="endpoint_server", severity="warning"
+    )
+    assert info == 1
+    assert value(found, "certero_flow_interval_seconds", flow="ssh_hmc") is not None
     assert (
         value(found, "certero_flow_last_check_timestamp_seconds", **ssh) or 0
     ) > time.time() - 60

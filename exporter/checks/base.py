@@ -208,6 +208,7 @@ class CheckSpec(Generic[SettingsT]):
     summary: str
     uses_port: bool = True
     classify: Classifier | None = None
+    transport: str = "tcp"  # what the check sends: tcp, udp or icmp (for a custom flow's info)
     port_range: tuple[int, int] | None = None
     settings_port: Callable[[SettingsT], int | None] | None = None
 

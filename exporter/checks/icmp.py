@@ -706,4 +706,6 @@ def _enlarge_receive_buffer(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
 
 
-SPEC = CheckSpec("icmp", IcmpSettings, run, "ICMP echo request/reply", uses_port=False)
+SPEC = CheckSpec(
+    "icmp", IcmpSettings, run, "ICMP echo request/reply", uses_port=False, transport="icmp"
+)

@@ -722,4 +722,5 @@ BROWSER_SPEC = CheckSpec(
     MssqlBrowserSettings,
     run_browser,
     "SQL Server Browser instance list (MC-SQLR SSRP on UDP 1434)",
+    transport="udp",
 )

@@ -428,6 +428,7 @@ NS_SPEC = CheckSpec(
     NetbiosNsSettings,
     run_name_service,
     "NetBIOS node status (RFC 1002 4.2.17 NBSTAT on UDP 137): machine name, workgroup, MAC",
+    transport="udp",
 )
 SSN_SPEC = CheckSpec(
     "netbios_ssn",

@@ -1054,4 +1054,5 @@ SPEC = CheckSpec(
     run,
     "SNMP GET of the system group (RFC 3416, 3418): v2c community or v3 USM (RFC 3414)",
     classify=classify,
+    transport="udp",
 )
