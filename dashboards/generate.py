@@ -51,7 +51,7 @@ INFO = f"certero_flow_info{{{FLOW_SELECTOR}}}"
 # same source (replicas with `--shard`), which would otherwise make the join many-to-many.
 FLOW_DATA = f"group by (flow, source, {FLOW_LABELS}) ({INFO})"
 # The exporter's own series carry no `source`: keep those of exporters that serve the source.
-OF_SELECTED_EXPORTERS = f'and on (job, instance) certero_flow_info{{source=~"$source"}}'
+OF_SELECTED_EXPORTERS = 'and on (job, instance) certero_flow_info{source=~"$source"}'
 
 SECONDS_PER_DAY = 86_400
 CERT_CRITICAL_DAYS = 3
@@ -135,10 +135,7 @@ class Query:
         )
         if self.legend:
             built = built.legend_format(self.legend)
-        if self.instant:
-            built = built.instant()
-        else:
-            built = built.range()
+        built = built.instant() if self.instant else built.range()
         if self.table:
             built = built.format(prometheus_models.PromQueryFormat.TABLE)
         elif self.heatmap:
@@ -250,9 +247,7 @@ def variables() -> list[cog_builder.Builder[dashboard_models.VariableModel]]:
     return [
         dashboard_builders.DatasourceVariable("datasource").label("Data source").type("prometheus"),
         label_variable("source", "Source", "label_values(certero_flow_info, source)"),
-        label_variable(
-            "flow", "Flow", f'label_values(certero_flow_info{{source=~"$source"}}, flow)'
-        ),
+        label_variable("flow", "Flow", 'label_values(certero_flow_info{source=~"$source"}, flow)'),
         label_variable(
             "target", "Target", f"label_values(certero_flow_up{{{FLOW_SELECTOR}}}, target)"
         ),
@@ -284,6 +279,21 @@ def result_mappings() -> list[dashboard_models.ValueMapping]:
             }
         )
     ]
+
+
+FAILING_COLUMNS = (
+    "severity",
+    "flow",
+    "source",
+    "target",
+    "result",
+    "from",
+    "to",
+    "rule",
+    "remediation",
+    "reason",
+    "optional",
+)
 
 
 def failing_with_remediation() -> str:
@@ -319,12 +329,16 @@ def series_panel(unit: str, *, stacked: bool = False, bars: bool = False) -> tim
     return panel
 
 
-def table_panel(*, hide: Sequence[str] = ("Time",)) -> table.Panel:
-    """A table of instant results with the columns in `hide` removed."""
+def table_panel(*, hide: Sequence[str] = ("Time",), order: Sequence[str] = ()) -> table.Panel:
+    """A table of instant results without the columns in `hide`, `order` first."""
     return table.Panel().with_transformation(
         dashboard_models.DataTransformerConfig(
             id_val="organize",
-            options={"excludeByName": dict.fromkeys(hide, True), "renameByName": {}},
+            options={
+                "excludeByName": dict.fromkeys(hide, True),
+                "indexByName": {name: index for index, name in enumerate(order)},
+                "renameByName": {},
+            },
         )
     )
 
@@ -402,7 +416,6 @@ def overview() -> Board:
                 f"count(certero_flow_network_hosts_probed{{{FLOW_SELECTOR}}})",
                 legend="swept networks",
                 instant=True,
-                empty_when="no flow sweeps a network",
             ),
         ],
         width=6,
@@ -435,7 +448,10 @@ def overview() -> Board:
         height=7,
     )
     board.add(
-        table_panel(hide=("Time", "Value", "__name__", "check", "protocol", "port"))
+        table_panel(
+            hide=("Time", "Value", "__name__", "job", "instance", "check", "protocol", "port"),
+            order=FAILING_COLUMNS,
+        )
         .cell_height(common_models.TableCellHeight.SM)
         .sort_by([common_builders.TableSortByFieldState().display_name("severity")]),
         "Flows failing now",
@@ -453,11 +469,11 @@ def overview() -> Board:
         [
             Query(
                 "bottomk(10, min by (flow, source, target) ({__name__=~"
-                '"certero_flow_tls_(cert|chain)_expiry_timestamp_seconds", '
+                '"certero_flow_tls_cert_expiry_timestamp_seconds'
+                '|certero_flow_tls_chain_expiry_timestamp_seconds", '
                 f"{PAIR_SELECTOR}}}) - time())",
                 instant=True,
                 table=True,
-                empty_when="no TLS flow is configured",
             )
         ],
         width=24,
@@ -526,13 +542,10 @@ def flow_detail() -> Board:
         "The last check's duration and the kernel's RTT estimate of its TCP connection, which "
         "no exporter queueing inflates.",
         [
-            Query(
-                f"certero_flow_duration_seconds{{{PAIR_SELECTOR}}}", legend="{{target}} check"
-            ),
+            Query(f"certero_flow_duration_seconds{{{PAIR_SELECTOR}}}", legend="{{target}} check"),
             Query(
                 f"certero_flow_tcp_rtt_seconds{{{PAIR_SELECTOR}}}",
                 legend="{{target}} RTT",
-                empty_when="no selected check connects over TCP",
             ),
         ],
     )
@@ -576,7 +589,6 @@ def flow_detail() -> Board:
                 f"(certero_flow_peer_info{{{PAIR_SELECTOR}}})",
                 instant=True,
                 table=True,
-                empty_when="no selected check learns what its peer is",
             )
         ],
     )
@@ -587,13 +599,12 @@ def flow_detail() -> Board:
         "it presented, reported even when verification failed.",
         [
             Query(
-                f'label_replace(certero_flow_tls_cert_expiry_timestamp_seconds{{{PAIR_SELECTOR}}}'
+                f"label_replace(certero_flow_tls_cert_expiry_timestamp_seconds{{{PAIR_SELECTOR}}}"
                 ' - time(), "certificate", "leaf", "", "")\nor label_replace('
                 f"certero_flow_tls_chain_expiry_timestamp_seconds{{{PAIR_SELECTOR}}} - time(),"
                 ' "certificate", "chain", "", "")',
                 instant=True,
                 table=True,
-                empty_when="no selected flow speaks TLS",
             )
         ],
     )
@@ -630,8 +641,7 @@ def endpoint_networks() -> Board:
         "host are left out).",
         [
             Query(
-                f"sum by ({network}, result) "
-                f"(certero_flow_network_hosts{{{FLOW_SELECTOR}}}) > 0",
+                f"sum by ({network}, result) (certero_flow_network_hosts{{{FLOW_SELECTOR}}}) > 0",
                 legend="{{flow}} {{network}} {{result}}",
             )
         ],
@@ -788,9 +798,7 @@ def exporter_health() -> Board:
         "Blocking workers",
         "Worker threads for blocking library calls, and how many run a call now.",
         [
-            Query(
-                own("certero_flow_exporter_blocking_workers_busy"), legend="{{instance}} busy"
-            ),
+            Query(own("certero_flow_exporter_blocking_workers_busy"), legend="{{instance}} busy"),
             Query(own("certero_flow_exporter_blocking_workers"), legend="{{instance}} workers"),
         ],
     )
@@ -882,7 +890,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=OUTPUT_DIR)
     arguments = parser.parse_args(argv)
     for path in write(arguments.output):
-        print(path)  # noqa: T201 - the command's output is the files it wrote
+        print(path)
 
 
 if __name__ == "__main__":

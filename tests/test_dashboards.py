@@ -44,6 +44,8 @@ SUBSTITUTIONS = {
 }
 VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 LABEL_VALUES = re.compile(r"label_values\((?:(?P<selector>.+),\s*)?(?P<label>\w+)\)", re.DOTALL)
+# A histogram's or counter's samples carry a suffix its family name does not.
+SAMPLE_SUFFIX = re.compile(r"_(bucket|sum|count|total)$")
 RANGE_S = 60
 READY_DEADLINE_S = 45.0
 CHECK_INTERVAL = "2s"
@@ -146,7 +148,7 @@ def write_config(path: Path, nginx: Nginx, closed_port: int) -> None:
         f"""
 source: endpoint_server
 defaults: {{interval: {CHECK_INTERVAL}, timeout: 2s}}
-scheduler: {{startup_spread: 0s}}
+scheduler: {{startup_spread: 100ms}}
 targets:
   application_server: ["localhost:{nginx.valid_port}"]
   domain_controllers: ["127.0.0.1:{closed_port}"]
@@ -160,9 +162,18 @@ extra_flows:
     )
 
 
+@dataclass(frozen=True)
+class Live:
+    """The running Prometheus, and the metric families the exporter it scrapes declares
+    (without the suffix `_total` that some TYPE lines carry)."""
+
+    prometheus: Prometheus
+    families: frozenset[str]
+
+
 @pytest.fixture(scope="module")
-def prometheus(nginx: Nginx, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    """Prometheus scraping the exporter every second, once both have a minute's worth of data."""
+def live(nginx: Nginx, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """Prometheus scraping the exporter every second, once it holds several scrapes of data."""
     directory = tmp_path_factory.mktemp("dashboards")
     config = directory / "config.yaml"
     write_config(config, nginx, free_tcp_port())
@@ -182,14 +193,21 @@ def prometheus(nginx: Nginx, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                     f"never true: {waiting[0]}\n{server.targets()}\n{exporter.log()[-3000:]}"
                 )
                 time.sleep(0.25)
-            yield server
+            status, text = exporter.get("/metrics")
+            assert status == 200
+            declared = re.findall(r"^# TYPE (\w+) ", text, re.MULTILINE)
+            yield Live(server, frozenset(SAMPLE_SUFFIX.sub("", name) for name in declared))
 
 
 def test_committed_dashboards_are_what_the_generator_makes(tmp_path: Path) -> None:
     """Regenerating into a fresh directory gives exactly the committed files, byte for byte."""
     generate.write(tmp_path)
     fresh = {path.name: path.read_text(encoding="utf-8") for path in tmp_path.glob("*.json")}
-    stale = sorted(name for name in fresh.keys() | committed().keys() if fresh.get(name) != committed().get(name))
+    stale = sorted(
+        name
+        for name in fresh.keys() | committed().keys()
+        if fresh.get(name) != committed().get(name)
+    )
     assert not stale, f"run `python -m dashboards.generate`: {stale} differ from the generator"
     assert len(fresh) == 4
 
@@ -218,7 +236,8 @@ def test_dashboards_import_as_they_are() -> None:
             assert panel["targets"], panel["title"]
             assert all(target["datasource"] == DATASOURCE for target in panel["targets"])
             grid = panel["gridPos"]
-            assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+            assert grid["x"] >= 0, panel["title"]
+            assert grid["x"] + grid["w"] <= 24, panel["title"]
     assert len(uids) == 4
 
 
@@ -226,14 +245,17 @@ def test_marks_of_queries_that_may_be_empty_name_real_queries() -> None:
     """Every query the generator allows to be empty exists in the committed JSON."""
     existing = {(query.uid, query.panel, query.ref_id) for query in panel_queries()}
     marked = {
-        (board.uid, title, ref_id) for board in generate.boards() for title, ref_id in board.may_be_empty
+        (board.uid, title, ref_id)
+        for board in generate.boards()
+        for title, ref_id in board.may_be_empty
     }
     assert marked
     assert marked <= existing, marked - existing
 
 
-def test_every_panel_query_runs_and_returns_data(prometheus: Prometheus) -> None:
+def test_every_panel_query_runs_and_returns_data(live: Live) -> None:
     """Each panel query parses and, unless marked as allowed to be empty, returns data."""
+    prometheus = live.prometheus
     allowed_empty = {
         (board.uid, title, ref_id): why
         for board in generate.boards()
@@ -251,8 +273,20 @@ def test_every_panel_query_runs_and_returns_data(prometheus: Prometheus) -> None
     assert not failures, "\n\n".join(failures)
 
 
-def test_every_variable_query_finds_values(prometheus: Prometheus) -> None:
+def test_every_metric_a_dashboard_names_is_one_the_exporter_declares(live: Live) -> None:
+    """Queries allowed to be empty, too, name only families the exporter's /metrics declares."""
+    named = {
+        SAMPLE_SUFFIX.sub("", name)
+        for query in panel_queries()
+        for name in re.findall(r"\bcertero_flow_\w+", query.expr)
+    }
+    assert named
+    assert named <= live.families, sorted(named - live.families)
+
+
+def test_every_variable_query_finds_values(live: Live) -> None:
     """`label_values(selector, label)` of each variable finds at least one value."""
+    prometheus = live.prometheus
     checked = 0
     for dashboard in dashboards():
         for variable in dashboard["templating"]["list"]:
@@ -268,11 +302,11 @@ def test_every_variable_query_finds_values(prometheus: Prometheus) -> None:
     assert checked == 12
 
 
-def test_the_failing_flows_table_names_the_class_and_what_to_do(prometheus: Prometheus) -> None:
+def test_the_failing_flows_table_names_the_class_and_what_to_do(live: Live) -> None:
     """Flows failing now: the closed directory port is `refused`, with the remediation for
     `refused`, the rule tcp/389 and the port table's reason; the passing HTTPS flow is absent."""
     (query,) = [q for q in panel_queries() if q.panel == "Flows failing now"]
-    result, error = run(prometheus, substitute(query.expr), instant=True)
+    result, error = run(live.prometheus, substitute(query.expr), instant=True)
     assert not error, error
     assert result
     rows = {row["metric"]["flow"]: row["metric"] for row in result}
@@ -285,16 +319,14 @@ def test_the_failing_flows_table_names_the_class_and_what_to_do(prometheus: Prom
     assert "Active Directory" in ldap["reason"]
 
 
-def test_the_matrix_shows_the_worst_class_per_source_and_role(prometheus: Prometheus) -> None:
+def test_the_matrix_shows_the_worst_class_per_source_and_role(live: Live) -> None:
     """The port-table matrix: application_server ok (rank 0), domain_controllers refused."""
     (query,) = [q for q in panel_queries() if q.panel.startswith("Worst result by source")]
-    result, error = run(prometheus, substitute(query.expr), instant=True)
+    result, error = run(live.prometheus, substitute(query.expr), instant=True)
     assert not error, error
     assert result
     cells = {(row["metric"]["source"], row["metric"]["to"]): row["value"][1] for row in result}
     assert cells == {
         ("endpoint_server", "application_server"): str(generate.RESULT_RANK[Result.OK]),
-        ("endpoint_server", "domain_controllers"): str(
-            generate.RESULT_RANK[Result.REFUSED]
-        ),
+        ("endpoint_server", "domain_controllers"): str(generate.RESULT_RANK[Result.REFUSED]),
     }
