@@ -93,8 +93,8 @@ REMEDIATION: Mapping[Result, str] = {
     "configure the address.",
     Result.TIMEOUT: "Nothing answers: a firewall between source and destination drops the rule; "
     "open it for this flow.",
-    Result.REFUSED: "The destination rejects the rule: start the service on that port, or open "
-    "the host firewall that resets it.",
+    Result.REFUSED: "The destination rejects the rule: start the service on that port, or "
+    "remove the host firewall rule that rejects it.",
     Result.UNREACHABLE: "No route for the rule: a router or firewall answers unreachable; fix "
     "the route or the firewall rule.",
     Result.TLS_ERROR: "TLS fails: give the service a certificate the source trusts, in date and "
@@ -329,24 +329,48 @@ def series_panel(unit: str, *, stacked: bool = False, bars: bool = False) -> tim
     return panel
 
 
-def table_panel(*, hide: Sequence[str] = ("Time",), order: Sequence[str] = ()) -> table.Panel:
-    """A table of instant results without the columns in `hide`, `order` first."""
+def table_panel(
+    *,
+    hide: Sequence[str] = ("Time",),
+    order: Sequence[str] = (),
+    rename: Mapping[str, str] | None = None,
+) -> table.Panel:
+    """A table of instant results without the columns in `hide`, `order` first, renamed."""
     return table.Panel().with_transformation(
         dashboard_models.DataTransformerConfig(
             id_val="organize",
             options={
                 "excludeByName": dict.fromkeys(hide, True),
                 "indexByName": {name: index for index, name in enumerate(order)},
-                "renameByName": {},
+                "renameByName": dict(rename or {}),
             },
         )
+    )
+
+
+FLOW_DETAIL_UID = "certero-flows-detail"
+
+
+def linked_to_flow_detail(panel: table.Panel) -> table.Panel:
+    """Make each row's `flow` cell open the Flow detail of that flow and source."""
+    url = (
+        f"/d/{FLOW_DETAIL_UID}?${{datasource:queryparam}}&var-source=${{__data.fields.source}}"
+        "&var-flow=${__data.fields.flow}&${__url_time_range}"
+    )
+    return panel.override_by_name(
+        "flow",
+        [
+            dashboard_models.DynamicConfigValue(
+                id_val="links", value=[{"title": "Flow detail", "url": url}]
+            )
+        ],
     )
 
 
 def expiry_cells() -> table.Panel:
     """Seconds to a certificate's expiry, red within 3 days, orange within 14."""
     return (
-        table_panel()
+        table_panel(hide=("Time", "job", "instance", "check"), rename={"Value": "expires in"})
         .unit("dtdurations")
         .thresholds(
             threshold_steps(
@@ -448,21 +472,24 @@ def overview() -> Board:
         height=7,
     )
     board.add(
-        table_panel(
-            hide=("Time", "Value", "__name__", "job", "instance", "check", "protocol", "port"),
-            order=FAILING_COLUMNS,
+        linked_to_flow_detail(
+            table_panel(
+                hide=("Time", "Value", "__name__", "job", "instance", "check", "protocol", "port"),
+                order=FAILING_COLUMNS,
+            )
         )
         .cell_height(common_models.TableCellHeight.SM)
         .sort_by([common_builders.TableSortByFieldState().display_name("severity")]),
         "Flows failing now",
         "Each failing pair with its class, the flow's severity, the firewall rule "
-        "(protocol/port) from → to, what to do about the class, and the port table's reason.",
+        "(protocol/port) from → to, what to do about the class, and the port table's reason. "
+        "A flow's name opens its Flow detail.",
         [Query(failing_with_remediation(), instant=True, table=True)],
         width=24,
         height=9,
     )
     board.add(
-        expiry_cells(),
+        linked_to_flow_detail(expiry_cells()),
         "Certificates expiring soonest",
         "The ten TLS pairs whose leaf or chain certificate expires first (a chain's "
         "intermediate may expire before its leaf).",
@@ -485,7 +512,7 @@ def overview() -> Board:
 def flow_detail() -> Board:
     """One flow's results over time, where its time goes, its peer and certificates, changes."""
     board = Board(
-        "certero-flows-detail",
+        FLOW_DETAIL_UID,
         "Certero flows / Flow detail",
         "One flow (pick it above) over time: result class per target, latency by phase, the "
         "flow's latency distribution, what the peer said it is, certificate expiry and recent "
@@ -511,7 +538,7 @@ def flow_detail() -> Board:
         [Query(INFO, instant=True, table=True)],
     )
     board.add(
-        table_panel(),
+        table_panel(rename={"Value": "changes"}),
         "Result changes in the time range",
         "How often each pair changed result class in the dashboard's time range.",
         [
