@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,13 +76,15 @@ def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
             yield panel
 
 
-def substitute(expr: str) -> str:
-    """The query as Grafana sends it with every variable on "All"; unknown variables fail."""
+def substitute(expr: str, chosen: Mapping[str, str] | None = None) -> str:
+    """The query as Grafana sends it with the `chosen` values and every other variable on
+    "All"; unknown variables fail."""
+    values = {**SUBSTITUTIONS, **(chosen or {})}
 
     def value(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
-        assert name in SUBSTITUTIONS, f"unknown variable ${name} in {expr}"
-        return SUBSTITUTIONS[name]
+        assert name in values, f"unknown variable ${name} in {expr}"
+        return values[name]
 
     return VARIABLE.sub(value, expr)
 
@@ -282,6 +284,24 @@ def test_every_metric_a_dashboard_names_is_one_the_exporter_declares(live: Live)
     }
     assert named
     assert named <= live.families, sorted(named - live.families)
+
+
+def test_flow_detail_of_one_chosen_flow_and_target_has_data(live: Live, nginx: Nginx) -> None:
+    """With the HTTPS flow and its target chosen (Grafana then sends the values themselves),
+    every Flow detail query still returns data: the variables select, not just match all."""
+    chosen = {
+        "source": "endpoint_server",
+        "flow": "https_app_relay",
+        "target": f"localhost:{nginx.valid_port}",
+    }
+    queries = [q for q in panel_queries() if q.uid == generate.FLOW_DETAIL_UID]
+    assert len(queries) > 8
+    for query in queries:
+        result, error = run(live.prometheus, substitute(query.expr, chosen), instant=query.instant)
+        assert not error, f"{query.where}: {error}"
+        assert result, f"{query.where}: no data for {chosen}"
+        flows = {series["metric"].get("flow", "https_app_relay") for series in result}
+        assert flows == {"https_app_relay"}, f"{query.where}: {flows}"
 
 
 def test_every_variable_query_finds_values(live: Live) -> None:
