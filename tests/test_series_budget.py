@@ -126,7 +126,7 @@ def test_flow_info_carries_severity_interval_and_the_table_row() -> None:
     assert (
         'certero_flow_info{flow="ssh_hmc",source="endpoint_server",check="ssh",protocol="tcp",'
         'port="22",from="endpoint_server",to="ibm_hmc",reason="Communication between Endpoint '
-        'server and IBM HMC about Physical Hosts, Virtual Machines and the relationships between '
+        "server and IBM HMC about Physical Hosts, Virtual Machines and the relationships between "
         'them.",severity="critical",optional="false"} 1'
     ) in text
     assert 'certero_flow_interval_seconds{flow="ssh_hmc",source="endpoint_server"} 120.0' in text
