@@ -1,0 +1,1 @@
+"""Grafana dashboards of the flow exporter, generated as code (see `dashboards.generate`)."""
