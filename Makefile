@@ -47,7 +47,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(VENV)/.installed
-	$(VENV)/bin/mypy --strict exporter tests bench dashboards
+	$(VENV)/bin/mypy --strict exporter tests bench dashboards alerts
 
 pytest: system-packages $(VENV)/.installed
 	$(VENV)/bin/pytest
