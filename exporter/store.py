@@ -247,11 +247,14 @@ def _flow_facts(template: FlowTemplate, source: str) -> FlowFacts:
             optional=flow.optional,
             interval_seconds=template.interval,
         )
+    written = {endpoint.port for endpoint in template.endpoints if endpoint.port is not None}
+    port = template.port if template.port is not None else (min(written) if written else None)
     return FlowFacts(
         flow=template.flow_id,
         check=template.check,
         protocol=template.spec.transport,
-        port=str(template.port) if template.port is not None else "-",
+        # the flow's port, else the one its targets write (the lowest, when they differ)
+        port=str(port) if port is not None else "-",
         source=source,
         destination="custom",
         reason=template.description,

@@ -137,7 +137,7 @@ def test_flow_info_carries_severity_interval_and_the_table_row() -> None:
     assert 'severity="critical",optional="false"} 1' in text
     assert (
         'certero_flow_info{flow="proxy_up",source="endpoint_server",check="tcp",protocol="tcp",'
-        'port="-",from="endpoint_server",to="custom",reason="the proxy",severity="warning",'
+        'port="3128",from="endpoint_server",to="custom",reason="the proxy",severity="warning",'
         'optional="false"} 1'
     ) in text
     assert all(job.histograms for job in config.jobs if job.flow_id == "ssh_hmc")
