@@ -5,8 +5,8 @@ namespace over a veth pair. One TCP listener on 0.0.0.0 inside accepts on every 
 one iptables rule drops every packet to the upper half of the network: half the hosts answer,
 the other half are "no host" (neither TCP nor ICMP echo answered). Each tool then sweeps the
 same network for the same port, with the same per-host timeout and parallelism, as its own
-process, so its wall time, CPU (user + sys) and peak RSS (`ru_maxrss`, from `wait4`) are its
-own:
+process, so its wall time, CPU (user + sys) and peak RSS (`ru_maxrss`, from `wait4` in a small
+launcher, see `run_child`) are its own:
 
 1. `python -m exporter check --format json` with one flow of the user's own (`check: tcp`,
    `sweep: true`, the network, `timeout`, `scheduler.concurrency`), once with `presence: none`
@@ -25,7 +25,7 @@ half absent): a miscount fails the bench with exit status 1 after the table is w
         [--timeout 1] [--port 14445]
 
 Runs as root (namespaces, routes, iptables). Every child is bounded in time and killed with its
-process group on timeout, error or Ctrl-C; the namespace and the root route go with it.
+process group on timeout, error, Ctrl-C or SIGTERM; the namespace and the root route go with it.
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ import contextlib
 import functools
 import ipaddress
 import json
+import math
 import os
 import platform
+import queue
 import random
 import resource
-import select
 import shutil
 import signal
 import socket
@@ -55,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.peers import netns
-from tests.peers.netns import IP, IsolatedHost
+from tests.peers.netns import IP
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_DIR / "bench" / "results"
@@ -63,7 +64,6 @@ NMAP = "/usr/bin/nmap"
 NETWORK_ATTEMPTS = 50
 # 10.64.0.0-10.191.255.255: clear of the 10.253/10.254 networks the test suite creates meanwhile.
 SECOND_OCTETS = range(64, 192)
-LISTENER_READY_S = 10.0
 # A child may take this many times the floor of its wall time (silent hosts x timeout /
 # concurrency), and never less than the minimum, before it is killed and the run fails.
 CHILD_CAP_FACTOR = 8.0
@@ -85,6 +85,25 @@ _LISTENER = (
     "        s.accept()[0].close()\n"
     "    except TimeoutError:\n"
     "        pass\n"
+)
+
+# Fork and exec argv[2:], wait for it, write "wall_s cpu_s maxrss_kb" of that child alone to
+# argv[1], exit with its status. Run with -I -S, so it stays small (see `run_child`).
+_LAUNCHER = (
+    "import os,sys,time\n"
+    "began=time.perf_counter()\n"
+    "pid=os.fork()\n"
+    "if pid==0:\n"
+    "    try:\n"
+    "        os.execvp(sys.argv[2],sys.argv[2:])\n"
+    "    finally:\n"
+    "        os._exit(127)\n"
+    "_,status,usage=os.wait4(pid,0)\n"
+    "wall=time.perf_counter()-began\n"
+    "with open(sys.argv[1],'w') as out:\n"
+    "    out.write(f'{wall} {usage.ru_utime+usage.ru_stime} {usage.ru_maxrss}')\n"
+    "code=os.waitstatus_to_exitcode(status)\n"
+    "sys.exit(code if code>=0 else 128-code)\n"
 )
 
 
@@ -126,7 +145,7 @@ def pick_network(prefix: int) -> ipaddress.IPv4Network:
         candidate = rng.choice(candidates)
         if not any(candidate.overlaps(network) for network in existing):
             return candidate
-    raise RuntimeError(f"no free /{prefix} in 10.64.0.0/10 after {NETWORK_ATTEMPTS} tries")
+    raise RuntimeError(f"no free /{prefix} in 10.64-191.x.x after {NETWORK_ATTEMPTS} tries")
 
 
 @contextlib.contextmanager
@@ -139,22 +158,14 @@ def swept_namespace(prefix: int, port: int, lifetime_s: float) -> Iterator[Swept
         netns._run([IP, "route", "add", str(network), "via", host.address])
         try:
             host.run([IP, "route", "add", "local", str(network), "dev", "lo"])
-            _start_listener(host, port, lifetime_s)
+            host.popen_ready(
+                [sys.executable, "-c", _LISTENER, str(port), f"{lifetime_s:.0f}"],
+                f"the listener on port {port}",
+            )
             host.iptables("-A", "INPUT", "-d", str(swept.silent), "-j", "DROP")
             yield swept
         finally:
             subprocess.run([IP, "route", "del", str(network)], capture_output=True, check=False)
-
-
-def _start_listener(host: IsolatedHost, port: int, lifetime_s: float) -> None:
-    proc = host.popen(
-        [sys.executable, "-c", _LISTENER, str(port), f"{lifetime_s:.0f}"], stdout=subprocess.PIPE
-    )
-    assert proc.stdout is not None
-    with proc.stdout:
-        readable, _, _ = select.select([proc.stdout], [], [], LISTENER_READY_S)
-        if not readable or proc.stdout.readline() != b"ready\n":
-            raise RuntimeError(f"the listener on port {port} did not start")
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,19 +199,28 @@ class ChildRun:
 
 
 def run_child(argv: Sequence[str], workdir: Path, name: str, cap_s: float) -> ChildRun:
-    """Run one child in its own process group and reap it with `wait4`, so its rusage is its
-    own (RUSAGE_CHILDREN would mix in earlier children's peak RSS).
+    """Run one child through `_LAUNCHER` in its own process group; the launcher reports the
+    child's own wall time and rusage.
 
-    A reaping thread blocks in `wait4` while this thread waits at most `cap_s`; past the cap,
-    and on any error or Ctrl-C, the whole process group is killed and reaped before this
-    returns or raises.
+    Why a launcher: a child's `ru_maxrss` is at least the RSS of the process it was forked from
+    (Linux keeps the pre-exec memory's high-water mark), and this process holds about 24 MB.
+    Forked from the launcher (about 8 MB) the child's figure is its own: nmap's 21 MB would
+    otherwise read 24 MB.
+
+    A reaping thread blocks in `wait4` on the launcher and signals through a queue, which this
+    thread reads for at most `cap_s`. Past the cap, and on any error, Ctrl-C or SIGTERM, the
+    whole process group is killed and reaped before this returns or raises. (Not
+    `Thread.join`: on Python < 3.13 a join interrupted by Ctrl-C marks the thread finished, and
+    the next join returns at once.)
     """
     stdout, stderr = workdir / f"{name}.out", workdir / f"{name}.err"
-    reaped: list[tuple[float, int, resource.struct_rusage]] = []
+    report = workdir / f"{name}.rusage"
+    report.unlink(missing_ok=True)
+    reaped: queue.SimpleQueue[tuple[float, int]] = queue.SimpleQueue()
     with stdout.open("wb") as out, stderr.open("wb") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            list(argv),
+            [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(report), *argv],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
@@ -210,33 +230,28 @@ def run_child(argv: Sequence[str], workdir: Path, name: str, cap_s: float) -> Ch
         )
 
     def reap() -> None:
-        _, status, usage = os.wait4(proc.pid, 0)
-        reaped.append((time.perf_counter(), status, usage))
+        _, status = os.waitpid(proc.pid, 0)
+        reaped.put((time.perf_counter(), status))
 
-    reaper = threading.Thread(target=reap, name=f"reap {name}", daemon=True)
-    reaper.start()
-    killed = False
+    threading.Thread(target=reap, name=f"reap {name}", daemon=True).start()
+    outcome = None
     try:
-        reaper.join(cap_s)
+        outcome = reaped.get(timeout=cap_s)
+    except queue.Empty:
+        pass
     finally:
-        if not reaped:
-            killed = True
+        killed = outcome is None
+        if outcome is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            reaper.join()
-        ended, status, usage = reaped[0]
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    return ChildRun(
-        exit_code=proc.returncode,
-        usage=Usage(
-            wall_s=ended - started,
-            cpu_s=usage.ru_utime + usage.ru_stime,
-            peak_rss_mb=usage.ru_maxrss / 1024,  # Linux reports kilobytes
-        ),
-        killed=killed,
-        stdout=stdout,
-        stderr=stderr,
-    )
+            outcome = reaped.get()
+        proc.returncode = os.waitstatus_to_exitcode(outcome[1])  # reaped here, not by Popen
+    if killed:  # the launcher never reported; the child's CPU and RSS are unknown
+        usage = Usage(outcome[0] - started, math.nan, math.nan)
+    else:
+        wall_s, cpu_s, maxrss_kb = report.read_text(encoding="ascii").split()
+        usage = Usage(float(wall_s), float(cpu_s), int(maxrss_kb) / 1024)  # Linux: kilobytes
+    return ChildRun(proc.returncode, usage, killed, stdout, stderr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,6 +546,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so `kill PID` also runs every cleanup on the way out."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.bare_loop:
@@ -541,6 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("needs root (namespace, routes, iptables) and nmap", file=sys.stderr)
         return 2
     raise_nofile()
+    stop_on_sigterm()
     silent = 2 ** (32 - args.prefix) // 2
     cap_s = max(CHILD_CAP_MIN_S, CHILD_CAP_FACTOR * silent * args.timeout / args.concurrency)
     began = time.perf_counter()
