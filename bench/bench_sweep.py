@@ -452,8 +452,10 @@ def cell(values: Sequence[float], digits: int) -> str:
 
 
 def counts(values: Sequence[int | None]) -> str:
-    """Each run's count; a run killed at the cap shows as such."""
-    return ", ".join("killed at the cap" if value is None else str(value) for value in values)
+    """Each run's count, once when every run found the same; a run killed at the cap shows as
+    such."""
+    shown = ["killed at the cap" if value is None else str(value) for value in values]
+    return shown[0] if len(set(shown)) == 1 else ", ".join(shown)
 
 
 def table(tools: Sequence[Tool], swept: SweptNetwork, args: argparse.Namespace) -> str:
