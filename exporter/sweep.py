@@ -8,11 +8,13 @@ and the sweep's duration and completion time: 15 series however large the networ
 **Presence rule** ("no host" versus "host up, port filtered"). A host is *present* when the
 check got any answer from it: any result but `timeout`, `unreachable` and `exporter_error` (a
 TCP reset, a TLS alert, a wrong protocol, a refused login all come from a live host). When the
-check got none, an ICMP echo sent alongside it decides (flow setting `presence: icmp`, the
-default; the echo costs no wall time, since it waits while the check waits). A present host
-whose check timed out is counted as *filtered*; a host that answered neither is *absent* ("no
-host" — or a host that drops everything, which nobody outside can tell apart). With
-`presence: none` (where ICMP is blocked on purpose) only the check's own answers count.
+check got none, an ICMP echo decides (flow setting `presence: icmp`, the default). The echo goes
+out once the check has had no answer for `PRESENCE_GRACE_SHARE` of its timeout (or at once after
+a quick ICMP error) and waits while the check waits, so it costs no wall time, and a host that
+answers at once costs no echo. A present host whose check timed out is counted as *filtered*;
+a host that answered neither is *absent* ("no host" — or a host that drops everything, which
+nobody outside can tell apart). With `presence: none` (where ICMP is blocked on purpose) only
+the check's own answers count.
 
 **Memory** is bounded whatever the network size: counts, the `WORST_HOSTS_KEPT` worst hosts
 (failing hosts that are present first, then absent ones, each in address order), and per-host
@@ -37,6 +39,11 @@ from exporter.result import CheckResult, Result
 from exporter.runner import RunOutcome, run_check
 
 WORST_HOSTS_KEPT = 20
+# The echo of the presence rule goes out only when the check has had no answer for this share
+# of its timeout: a host that answers at once (most of a live network) costs no echo.
+PRESENCE_GRACE_SHARE = 0.05
+_PRESENCE_SETTINGS = CHECKS[PRESENCE_CHECK].settings_model()
+MIN_ECHO_SECONDS = 0.05  # an echo started at the check's deadline still gets a round trip
 # Results that say nothing came back from the host itself.
 SILENT_RESULTS = frozenset({Result.TIMEOUT, Result.UNREACHABLE, Result.EXPORTER_ERROR})
 
@@ -149,6 +156,7 @@ async def _probe_host(
 ) -> tuple[RunOutcome, bool]:
     """The host's check, and whether the host answered anything (the presence rule)."""
     template = sweep.template
+    started = time.perf_counter()
     check = asyncio.ensure_future(
         run_check(
             template.spec,
@@ -159,18 +167,28 @@ async def _probe_host(
         )
     )
     echo: asyncio.Future[RunOutcome] | None = None
-    if sweep.presence and sweep.check != PRESENCE_CHECK:
-        spec = CHECKS[PRESENCE_CHECK]
-        echo = asyncio.ensure_future(
-            run_check(spec, Target(host), spec.settings_model(), sweep.timeout)
-        )
+    wants_echo = sweep.presence and sweep.check != PRESENCE_CHECK
     try:
+        if wants_echo:
+            done, _ = await asyncio.wait({check}, timeout=sweep.timeout * PRESENCE_GRACE_SHARE)
+            if not done:  # no answer yet: ask the host whether it is there at all
+                echo = _echo(host, sweep.timeout - (time.perf_counter() - started))
         outcome = await check
         present = outcome.result.result not in SILENT_RESULTS
-        if echo is not None and not present:
+        if not present and wants_echo:
+            # a quick ICMP error (admin-prohibited) needs the echo as much as silence does
+            echo = echo or _echo(host, sweep.timeout - (time.perf_counter() - started))
             present = (await echo).result.ok
         return outcome, present
     finally:
         for pending in (check, echo):
             if pending is not None and not pending.done():
                 pending.cancel()
+
+
+def _echo(host: str, seconds: float) -> asyncio.Future[RunOutcome]:
+    """The presence echo to `host`, given what is left of the check's time."""
+    spec = CHECKS[PRESENCE_CHECK]
+    return asyncio.ensure_future(
+        run_check(spec, Target(host), _PRESENCE_SETTINGS, max(seconds, MIN_ECHO_SECONDS))
+    )
