@@ -10,7 +10,8 @@ launcher, see `run_child`) are its own:
 
 1. `python -m exporter check --format json` with one flow of the user's own (`check: tcp`,
    `sweep: true`, the network, `timeout`, `scheduler.concurrency`), once with `presence: none`
-   and once with `presence: icmp` (the default: an ICMP echo beside every connect);
+   and once with `presence: icmp` (the default: an ICMP echo to every host that has not answered
+   within 5 % of the timeout);
 2. `nmap -sT -n -Pn` with its probe timeout pinned to the timeout (`--min-rtt-timeout`,
    `--max-rtt-timeout` and `--initial-rtt-timeout` equal, `--max-retries 0`) and its
    parallelism pinned to the concurrency, with nmap's own host groups and with
