@@ -18,6 +18,7 @@ from tests.peers.ports import free_tcp_port
 from tests.peers.procs import stop_process
 
 START_DEADLINE_S = 20.0
+BIND_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -91,41 +92,81 @@ def run_exporter(
     reached over https (give `--web.config.file` in `extra_args`); `headers` (e.g. credentials)
     go with every request, readiness polls included.
     """
-    port = free_tcp_port()
     argv = [sys.executable, "-m", "exporter", *global_args, "serve"]
-    argv += ["--listen", f"127.0.0.1:{port}"]
     if config_path is not None:
         argv += ["--config", str(config_path)]
+    argv += extra_args
+    for attempt in range(1, BIND_ATTEMPTS + 1):
+        running = _start(
+            argv,
+            config_path=config_path,
+            log_dir=log_dir,
+            nofile=nofile,
+            ssl_context=ssl_context,
+            headers=headers,
+        )
+        try:
+            _wait_until_ready(running)
+        except _PortTaken:
+            stop_process(running.process)
+            if attempt == BIND_ATTEMPTS:
+                raise
+            continue  # another process took the free port between its choice and the bind
+        except BaseException:
+            stop_process(running.process)
+            raise
+        break
+    try:
+        yield running
+    finally:
+        stop_process(running.process)
+
+
+class _PortTaken(RuntimeError):
+    """The exporter could not bind the port chosen for it."""
+
+
+def _start(
+    argv: Sequence[str],
+    *,
+    config_path: Path | None,
+    log_dir: Path,
+    nofile: tuple[int, int] | None,
+    ssl_context: ssl.SSLContext | None,
+    headers: dict[str, str] | None,
+) -> RunningExporter:
+    """Start the exporter on a port free a moment ago."""
+    port = free_tcp_port()
     log_path = log_dir / f"exporter-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*argv, *extra_args],
+            [*argv, "--listen", f"127.0.0.1:{port}"],
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=None if nofile is None else lambda: _limit_files(nofile),  # noqa: PLW1509 - the child runs nothing but setrlimit before exec
         )
     scheme = "https" if ssl_context is not None else "http"
-    running = RunningExporter(
+    return RunningExporter(
         process, f"{scheme}://127.0.0.1:{port}", config_path, log_path, ssl_context, headers
     )
-    try:
-        deadline = time.monotonic() + START_DEADLINE_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"exporter exited with {process.returncode}:\n{running.log()}")
-            try:
-                if running.get("/-/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"exporter not ready after {START_DEADLINE_S}s:\n{running.log()}"
-                )
-            time.sleep(0.05)
-        yield running
-    finally:
-        stop_process(process)
+
+
+def _wait_until_ready(running: RunningExporter) -> None:
+    """Poll `/-/ready`; raise with the exporter's log if it exits or never gets ready."""
+    deadline = time.monotonic() + START_DEADLINE_S
+    while True:
+        if running.process.poll() is not None:
+            log = running.log()
+            error = _PortTaken if "address already in use" in log else RuntimeError
+            raise error(f"exporter exited with {running.process.returncode}:\n{log}")
+        try:
+            if running.get("/-/ready")[0] == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"exporter not ready after {START_DEADLINE_S}s:\n{running.log()}")
+        time.sleep(0.05)
 
 
 def _limit_files(limits: tuple[int, int]) -> None:
