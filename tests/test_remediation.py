@@ -3,12 +3,15 @@ protocol, the direction, and for network faults the firewall rule to request."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pytest
 
+from exporter.blocking import BlockingPool
 from exporter.catalogue import FLOWS_BY_ID, Flow, Role, Transport, VantagePoint
+from exporter.checks import CHECKS, Target
 from exporter.remediation import (
     DESTINATION_NAMES,
     SOURCE_NAMES,
@@ -19,6 +22,8 @@ from exporter.remediation import (
     remediate,
 )
 from exporter.result import CheckResult, Phase, Result
+from exporter.runner import run_check
+from tests.peers.netns import IsolatedHost
 
 HOST = "db1.example.test"
 
@@ -349,3 +354,92 @@ def test_two_flows_needing_one_opening_share_a_rule() -> None:
     assert rule.hosts == ("web1", "web2")
     assert rule.flows == ("portal", "api")
     assert rule.service == "TCP 8443"
+
+
+# One catalogue flow per TCP check, so every check's own way of connecting is exercised.
+TCP_FLOWS = ("ssh_hmc", "smb_endpoints", "netbios_ssn_endpoints", "ldap_dc", "ldaps_dc",
+             "https_app_relay", "https_vsphere", "http_xenserver", "oracle_tns", "mssql_app_db",
+             "sap_systems", "db2_ilmt")  # fmt: skip
+REAL_TIMEOUT_S = 1.5
+
+
+async def _run_flow(
+    flow: Flow, host: str, port: int, blocking: BlockingPool
+) -> tuple[CheckResult, Remediation]:
+    spec = CHECKS[flow.check]
+    settings = spec.settings_model.model_validate(dict(flow.settings))
+    outcome = await run_check(spec, Target(host, port), settings, REAL_TIMEOUT_S, blocking=blocking)
+    return outcome.result, remediate(_facts(flow), host, port, outcome.result)
+
+
+async def test_real_checks_tell_a_dropped_syn_from_a_silent_service(
+    isolated_host: IsolatedHost,
+) -> None:
+    """Run for real, every TCP check behind a firewall that drops the SYN gets the firewall rule,
+    and against a listener that accepts and says nothing gets the service advice instead."""
+    flows = [FLOWS_BY_ID[flow_id] for flow_id in TCP_FLOWS]
+    # SAP's check only accepts dispatcher ports 3200-3299
+    silent, dropped = 3200, 3201
+    isolated_host.tcp_listener(silent)
+    isolated_host.drop_all_tcp_to(dropped)
+    host = isolated_host.address
+    with BlockingPool(2 * len(flows)) as blocking:
+        outcomes = await asyncio.gather(
+            *(_run_flow(flow, host, port, blocking) for flow in flows for port in (silent, dropped))
+        )
+    by_flow = {
+        (flow.id, port): outcome
+        for (flow, port), outcome in zip(
+            ((f, p) for f in flows for p in (silent, dropped)), outcomes, strict=True
+        )
+    }
+    wrong = {}
+    for (flow_id, port), (result, remediation) in by_flow.items():
+        expected_rule = port == dropped
+        words = "silently dropped" if expected_rule else "accepted the connection but did not"
+        if (
+            result.result is not Result.TIMEOUT
+            or (remediation.rule is not None) != expected_rule
+            or words not in remediation.summary
+        ):
+            wrong[(flow_id, port)] = (result.result.value, list(result.phases), result.detail)
+    assert wrong == {}
+
+
+async def test_real_udp_and_icmp_faults_name_their_rule(isolated_host: IsolatedHost) -> None:
+    """Run for real: dropped SNMP, NetBIOS and SQL Browser requests and dropped pings are
+    silence with the rule to open; a UDP port answered with ICMP port unreachable is refused,
+    and one answered with admin-prohibited unreachable, each with the rule."""
+    dropped, closed, prohibited = 161, 162, 163
+    isolated_host.drop_all_udp_to(dropped)
+    isolated_host.reject_udp(prohibited, "icmp-admin-prohibited")
+    isolated_host.drop_icmp_echo()
+    host = isolated_host.address
+    cases = [
+        ("snmp_endpoints", dropped, Result.TIMEOUT, "UDP 161): no reply: packets are silently"),
+        ("netbios_ns_endpoints", dropped, Result.TIMEOUT, "silently dropped"),
+        ("mssql_browser_app_db", dropped, Result.TIMEOUT, "silently dropped"),
+        ("snmp_endpoints", closed, Result.REFUSED, "the connection is refused"),
+        ("snmp_endpoints", prohibited, Result.UNREACHABLE, "reports it unreachable"),
+        ("icmp_endpoints", 0, Result.TIMEOUT, "(ICMP echo): no echo reply: ICMP is silently"),
+    ]
+    with BlockingPool(len(cases)) as blocking:
+        outcomes = await asyncio.gather(
+            *(
+                _run_flow(FLOWS_BY_ID[flow_id], host, port, blocking)
+                for flow_id, port, _, _ in cases
+            )
+        )
+    for (flow_id, port, expected, words), (result, remediation) in zip(
+        cases, outcomes, strict=True
+    ):
+        flow = FLOWS_BY_ID[flow_id]
+        assert result.result is expected, (flow_id, port, result)
+        assert words in remediation.summary, remediation.summary
+        assert remediation.rule is not None
+        assert remediation.rule.key == (
+            flow.transport.value,
+            None if flow.transport is Transport.ICMP else port,
+            flow.source.value,
+            flow.destination.value,
+        )
