@@ -31,9 +31,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exporter.catalogue import Flow, Role, Transport, VantagePoint
 from exporter.result import CheckResult, Phase, Result
+
+if TYPE_CHECKING:  # config imports the checks; this module only reads a few attributes
+    from exporter.config import Config, Job
 
 SOURCE_NAMES: Mapping[VantagePoint, str] = {
     VantagePoint.ENDPOINT_SERVER: "the Endpoint Server",
@@ -124,6 +128,15 @@ SERVICE_ADVICE: Mapping[str, str] = {
     "xenapi": "check the XenServer toolstack (xapi) is running and this host is the pool master",
     "https": "check the web application is running and the path the flow requests exists",
     "http": "check the web application is running and the path the flow requests exists",
+}
+
+
+# Who else stays silent over UDP: the network cannot be told apart from these without a reply.
+SILENCE_ADVICE: Mapping[str, str] = {
+    "snmp": "an agent also ignores a wrong community or a source it does not allow: check the "
+    "community and the agent's access list if the firewall is known to be open",
+    "netbios_ns": "a host with NetBIOS over TCP/IP disabled stays silent too",
+    "mssql_browser": "a stopped SQL Server Browser service stays silent too",
 }
 
 
@@ -330,7 +343,10 @@ def _timeout(w: _Words) -> Remediation:
         why = "no reply: packets are silently dropped, or the service ignores the request"
     else:
         why = "no echo reply: ICMP is silently dropped, or the host is down"
-    return Remediation(f"{w.cannot_reach}: {why} — {w.allow}", w.rule)
+    also = SILENCE_ADVICE.get(w.facts.check) if transport is Transport.UDP else None
+    return Remediation(
+        f"{w.cannot_reach}: {why} — {w.allow}" + (f"; {also}" if also else ""), w.rule
+    )
 
 
 def _protocol_mismatch(w: _Words) -> Remediation:
@@ -389,6 +405,24 @@ _FIXES: Mapping[Result, Callable[[_Words], Remediation]] = {
     Result.EXPORTER_ERROR: _exporter_error,
 }
 assert set(_FIXES) == set(Result), "every result class needs a remediation"
+
+
+def remediate_pair(config: Config, job: Job, result: CheckResult) -> Remediation:
+    """The remediation of `job`'s result as `config`'s exporter sees it: its vantage point, the
+    flow's catalogue row or, for an extra flow, its check's transport and its description.
+
+    The one call every surface makes (`check`, `/probe?debug=true`, a status page, a plugin).
+    """
+    template = config.templates.get(job.flow_id)
+    facts = FlowFacts.of(
+        job.flow_id,
+        job.check,
+        job.catalogue_flow,
+        config.source,
+        transport=job.spec.transport,
+        description=template.description if template is not None else "",
+    )
+    return remediate(facts, job.target.host, job.target.port, result)
 
 
 def merge_rules(remediations: Iterable[Remediation]) -> list[FirewallRule]:

@@ -39,8 +39,8 @@ from exporter.config import EMBEDDED_DEFAULT, Config, FlowTemplate, Job, load_co
 from exporter.errors import ConfigError, ConfigProblem
 from exporter.networks import Shard
 from exporter.probe_policy import refusal
-from exporter.remediation import FlowFacts, Remediation, remediate
-from exporter.result import CheckResult, Result
+from exporter.remediation import remediate_pair
+from exporter.result import Result
 from exporter.runner import RunOutcome, run_check
 from exporter.scheduler import Scheduler
 from exporter.selfmetrics import ExporterMetrics
@@ -472,25 +472,11 @@ async def probe(request: web.Request) -> web.Response:
     if debug:
         log_lines = list(outcome.log_lines)
         if not result.ok:
-            log_lines.append(f"remediation: {probe_remediation(state.config, job, result).summary}")
+            log_lines.append(f"remediation: {remediate_pair(state.config, job, result).summary}")
         log = "\n".join(log_lines)
         text = f"Logs for the probe:\n{log}\n\nMetrics that would have been returned:\n{body}"
         return web.Response(text=text)
     return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
-
-
-def probe_remediation(config: Config, job: Job, result: CheckResult) -> Remediation:
-    """What to change for a failed probe, from this exporter's vantage point."""
-    template = config.templates.get(job.flow_id)
-    facts = FlowFacts.of(
-        job.flow_id,
-        job.check,
-        job.catalogue_flow,
-        config.source,
-        transport=job.spec.transport,
-        description=template.description if template is not None else "",
-    )
-    return remediate(facts, job.target.host, job.target.port, result)
 
 
 async def landing_page(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ import pytest
 from exporter.blocking import BlockingPool
 from exporter.catalogue import FLOWS_BY_ID, Flow, Role, Transport, VantagePoint
 from exporter.checks import CHECKS, Target
+from exporter.config import parse_config
 from exporter.remediation import (
     DESTINATION_NAMES,
     SOURCE_NAMES,
@@ -20,6 +21,7 @@ from exporter.remediation import (
     Remediation,
     merge_rules,
     remediate,
+    remediate_pair,
 )
 from exporter.result import CheckResult, Phase, Result
 from exporter.runner import run_check
@@ -288,6 +290,17 @@ def test_service_advice_speaks_each_protocol(flow_id: str, port: int, service_wo
     assert service_words in remediate(_facts(flow), "h1", port, result).summary
 
 
+def test_udp_silence_names_the_service_side_too() -> None:
+    """UDP silence cannot tell a firewall from an SNMP agent ignoring a wrong community: the
+    line asks for the rule and names the agent's side as well."""
+    flow = FLOWS_BY_ID["snmp_endpoints"]
+    silence = CheckResult(Result.TIMEOUT, 5.0, "no UDP reply", {Phase.HANDSHAKE: 5.0})
+    summary = remediate(_facts(flow), "switch1", 161, silence).summary
+    assert "must allow UDP 161 from the Endpoint Server to the endpoint networks" in summary
+    assert summary.endswith("check the community and the agent's access list if the firewall "
+                            "is known to be open")  # fmt: skip
+
+
 def test_custom_flow_takes_transport_and_description() -> None:
     """An extra flow's rule uses its check's transport and its own description as the reason."""
     facts = FlowFacts.of(
@@ -443,3 +456,24 @@ async def test_real_udp_and_icmp_faults_name_their_rule(isolated_host: IsolatedH
             flow.source.value,
             flow.destination.value,
         )
+
+
+def test_remediate_pair_reads_the_config() -> None:
+    """A configured pair's remediation takes the config's vantage point, a catalogue flow's row,
+    and an extra flow's check transport and description."""
+    config = parse_config(
+        "source: application_server\n"
+        "targets:\n  database_server: ['db1:1533']\n"
+        "extra_flows:\n"
+        "  - {id: browser_tcp, check: tcp, target: 'db1:1434', description: 'Browser over TCP'}\n",
+        "inline.yaml",
+    )
+    jobs = {job.flow_id: job for job in config.jobs}
+    refused = CheckResult(Result.REFUSED, 0.1, "connection refused", {Phase.CONNECT: 0.1})
+    sql = remediate_pair(config, jobs["mssql_app_db"], refused)
+    assert sql.rule is not None
+    assert sql.rule.key == ("tcp", 1533, "application_server", "database_server")
+    custom = remediate_pair(config, jobs["browser_tcp"], refused)
+    assert custom.rule is not None
+    assert custom.rule.key == ("tcp", 1434, "application_server", "custom")
+    assert custom.rule.reason == "Browser over TCP"
