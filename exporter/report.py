@@ -463,6 +463,7 @@ body{font-family:system-ui,sans-serif;margin:1rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem;width:100%}
 th,td{border:1px solid #ccc;padding:.3rem .5rem;text-align:left;vertical-align:top}
 th{background:#f0f0f0}.ok{color:#176b1c}.fail{color:#a11;font-weight:bold}
+td{overflow-wrap:anywhere}
 """
 
 
