@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,7 +24,16 @@ from exporter.catalogue import FLOWS
 from exporter.config import Config, Job, Sweep, load_config, parse_endpoint
 from exporter.errors import ConfigError, ConfigProblem
 from exporter.networks import Shard
-from exporter.report import FlowReport, NetworkReport, print_table, to_json, to_junit
+from exporter.report import (
+    FlowReport,
+    NetworkReport,
+    print_table,
+    to_csv,
+    to_html,
+    to_json,
+    to_junit,
+    to_markdown,
+)
 from exporter.runner import run_check
 from exporter.sweep import WORST_HOSTS_KEPT, run_sweep
 from exporter.web import DEFAULT_PORT, serve
@@ -91,7 +101,18 @@ def _parser() -> argparse.ArgumentParser:
     check_cmd.add_argument(
         "--flow", action="append", default=[], metavar="ID", help="only this flow (repeatable)"
     )
-    check_cmd.add_argument("--format", choices=["table", "json", "junit"], default="table")
+    check_cmd.add_argument(
+        "--format",
+        choices=["table", "json", "junit", "markdown", "html", "csv"],
+        default="table",
+        help="table (default), json, junit, or a readiness report: markdown, html (one "
+        "self-contained page), csv (the firewall rules to request, one row per rule)",
+    )
+    check_cmd.add_argument(
+        "--report",
+        metavar="FILE",
+        help="write the --format output to FILE instead of stdout; stdout then shows the table",
+    )
     check_cmd.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     check_cmd.add_argument(
         "--details",
@@ -174,20 +195,35 @@ def _check(args: argparse.Namespace) -> int:
     if not jobs and not sweeps:
         print("the config yields no (flow, target) pairs to check", file=sys.stderr)
         return EXIT_USAGE
-    show_progress = (not args.no_progress and sys.stderr.isatty()) or args.format == "table"
-    reports, networks = asyncio.run(_run_once(config, jobs, sweeps, show_progress=show_progress))
-    if args.format == "json":
-        sys.stdout.write(to_json(reports, networks, details=args.details) + "\n")
-    elif args.format == "junit":
-        sys.stdout.write(to_junit(reports, networks))
+    to_stdout = args.report is None
+    show_progress = (not args.no_progress and sys.stderr.isatty()) or (
+        args.format == "table" or not to_stdout
+    )
+    reports, networks = asyncio.run(run_once(config, jobs, sweeps, show_progress=show_progress))
+    if args.format == "table":
+        text = None
+    elif args.format == "json":
+        text = to_json(reports, networks, details=args.details) + "\n"
     else:
+        render = {"junit": to_junit, "markdown": to_markdown, "html": to_html, "csv": to_csv}
+        text = render[args.format](reports, networks)
+    if not to_stdout:
+        report_file = Path(args.report)
+        if text is None:  # a plain-text table, without colours
+            with report_file.open("w", encoding="utf-8") as out:
+                print_table(reports, Console(file=out, width=160), networks, details=args.details)
+        else:
+            report_file.write_text(text, encoding="utf-8", newline="")
+    if text is None or not to_stdout:
         console = Console(width=None if sys.stdout.isatty() else 160)
         print_table(reports, console, networks, details=args.details)
+    else:
+        sys.stdout.write(text)
     passed = all(report.result.ok for report in reports) and all(n.ok for n in networks)
     return EXIT_OK if passed else EXIT_FAILED
 
 
-async def _run_once(
+async def run_once(
     config: Config, jobs: list[Job], sweeps: list[Sweep], *, show_progress: bool
 ) -> tuple[list[FlowReport], list[NetworkReport]]:
     """Run every job and sweep once, bounded like the scheduler (global and per-host slots,
@@ -225,7 +261,9 @@ async def _run_once(
                 outcome = await run_check(
                     job.spec, job.target, job.settings, job.timeout, blocking=blocking
                 )
-            reports[index] = FlowReport(job, source, outcome.result)
+            template = config.templates.get(job.flow_id)
+            description = template.description if template is not None else ""
+            reports[index] = FlowReport(job, source, outcome.result, description)
             failed += not outcome.result.ok
             progress.update(task, advance=1, failed=failed)
 

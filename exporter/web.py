@@ -39,6 +39,7 @@ from exporter.config import EMBEDDED_DEFAULT, Config, FlowTemplate, Job, load_co
 from exporter.errors import ConfigError, ConfigProblem
 from exporter.networks import Shard
 from exporter.probe_policy import refusal
+from exporter.remediation import remediate_pair
 from exporter.result import Result
 from exporter.runner import RunOutcome, run_check
 from exporter.scheduler import Scheduler
@@ -469,7 +470,10 @@ async def probe(request: web.Request) -> web.Response:
             lines.append(chunk.decode())
     body = "".join(lines)
     if debug:
-        log = "\n".join(outcome.log_lines)
+        log_lines = list(outcome.log_lines)
+        if not result.ok:
+            log_lines.append(f"remediation: {remediate_pair(state.config, job, result).summary}")
+        log = "\n".join(log_lines)
         text = f"Logs for the probe:\n{log}\n\nMetrics that would have been returned:\n{body}"
         return web.Response(text=text)
     return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})

@@ -684,11 +684,20 @@ def test_no_output_surface_shows_a_secret(
     assert "detail=SNMPv3 authPriv as certero-sha256-aes:" in surfaces["/probe snmp_v3"]
     assert "the community is wrong" in surfaces["/probe snmp_wrong"]
 
-    for fmt in ("table", "json", "junit"):
+    for fmt in ("table", "json", "junit", "markdown", "html"):
         done = run_debug_cli("check", "--config", str(config), "--format", fmt, "--no-progress")
         assert done.returncode == 1  # api_failing fails on purpose
         assert "api_inline" in done.stdout
         surfaces[f"check --format {fmt}"] = done.stdout + done.stderr
+    rules = tmp_path / "rules.csv"
+    done = run_debug_cli(
+        "check", "--config", str(config), "--format", "csv", "--report", str(rules), "--no-progress"
+    )
+    assert done.returncode == 1
+    assert "snmp_wrong" in rules.read_text(encoding="utf-8")  # a wrong community is silence
+    surfaces["check --format csv --report"] = (
+        done.stdout + done.stderr + rules.read_text(encoding="utf-8")
+    )
 
     broken = tmp_path / "broken.yaml"
     write_config(

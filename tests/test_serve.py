@@ -203,12 +203,22 @@ def test_probe_answers_in_blackbox_shape(
 
 
 def test_probe_debug_and_bad_requests(exporter: RunningExporter, sshd: Sshd) -> None:
-    """debug=true returns the check's log; missing or unknown parameters are a 400."""
+    """debug=true returns the check's log, ending with the remediation when the probe failed;
+    missing or unknown parameters are a 400."""
     status, text = exporter.get(f"/probe?module=ssh&target=127.0.0.1:{sshd.port}&debug=true")
     assert status == 200
     assert "Logs for the probe:" in text
     assert "connected" in text
     assert "probe_success 1" in text
+    assert "remediation:" not in text
+    closed = free_tcp_port()
+    status, text = exporter.get(f"/probe?module=tcp&target=127.0.0.1:{closed}&debug=true")
+    assert status == 200
+    assert (
+        f"\nremediation: tcp: the Endpoint Server cannot reach the service at 127.0.0.1 "
+        f"(TCP {closed}): the connection is refused"
+    ) in text
+    assert f"must allow TCP {closed} from the Endpoint Server to the destination" in text
     assert exporter.get("/probe?module=ssh")[0] == 400
     assert exporter.get("/probe?module=nope&target=127.0.0.1:22")[0] == 400
     assert exporter.get("/probe?module=tcp&target=127.0.0.1")[0] == 400
