@@ -1,7 +1,8 @@
-"""Command line: `serve`, `check`, `validate`, `catalogue`.
+"""Command line: `serve`, `check`, `validate`, `catalogue`, `nagios`.
 
 Exit codes: 0 success (for `check`: every flow ok), 1 a flow failed or a config is invalid,
-2 bad usage.
+2 bad usage. `nagios` (and the program started as `check_certero_flow`) follows the Nagios
+plugin API instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (see exporter/nagios.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from exporter.blocking import BlockingPool
 from exporter.catalogue import FLOWS
 from exporter.config import Config, Job, Sweep, load_config, parse_endpoint
 from exporter.errors import ConfigError, ConfigProblem
+from exporter.nagios import add_arguments as add_nagios_arguments
+from exporter.nagios import is_plugin_name, run_plugin
+from exporter.nagios import main as nagios_main
 from exporter.networks import Shard
 from exporter.report import FlowReport, NetworkReport, print_table, to_json, to_junit
 from exporter.runner import run_check
@@ -33,9 +37,19 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script.
+
+    Started as `check_certero_flow` (a symlink), or with `nagios` as the first argument, the
+    arguments go to the plugin's own parser, whose usage errors exit UNKNOWN (3) as Nagios
+    expects rather than argparse's 2.
+    """
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if argv is None and is_plugin_name(sys.argv[0]):
+        return nagios_main(arguments)
+    if arguments[:1] == ["nagios"]:
+        return nagios_main(arguments[1:], prog="certero-flow-exporter nagios")
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
@@ -118,6 +132,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     catalogue_cmd.add_argument("--format", choices=["table", "json"], default="table")
     catalogue_cmd.set_defaults(handler=_catalogue)
+
+    nagios_cmd = commands.add_parser(
+        "nagios",
+        help="Nagios/Icinga plugin: check one flow once, exit 0 OK/1 WARNING/2 CRITICAL/3 UNKNOWN",
+    )
+    add_nagios_arguments(nagios_cmd)
+    nagios_cmd.set_defaults(handler=run_plugin)
     return parser
 
 
