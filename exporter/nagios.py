@@ -227,9 +227,17 @@ def is_plugin_name(argv0: str) -> bool:
     return name == PLUGIN_NAME or name.startswith(PLUGIN_NAME + ".")
 
 
-def main(argv: Sequence[str] | None = None, prog: str = PLUGIN_NAME) -> int:
+def main(
+    argv: Sequence[str] | None = None, prog: str = PLUGIN_NAME, log_level: str = "error"
+) -> int:
     """Entry point of `check_certero_flow`: parse, check, print one line, return the state."""
     args = plugin_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
+    # Nagios reads stdout only; log lines go to stderr and stay out of the status line.
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+        stream=sys.stderr,
+    )
     return run_plugin(args)
 
 
@@ -247,8 +255,6 @@ def run_plugin(args: argparse.Namespace) -> int:
 
 
 def _run_plugin(args: argparse.Namespace) -> int:
-    # Nagios reads stdout only; warnings of the libraries go to stderr and stay out of the line.
-    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     thresholds = Thresholds(args.warning, args.critical, args.cert_warn, args.cert_crit)
     try:
         config = load_config(args.config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import socket
@@ -16,6 +17,7 @@ import pytest
 from exporter.checks import CHECKS, Target
 from exporter.config import Job
 from exporter.nagios import Range, State, Thresholds, judge, status_line
+from exporter.nagios import main as nagios_main
 from exporter.result import CheckResult, Phase, Result
 from tests.peers.exporter import run_cli as cli
 from tests.peers.nagios import run_nagios
@@ -208,6 +210,25 @@ def test_bad_invocations_are_unknown(plugin_config: Path, args: list[str], words
     assert words in run.stdout
 
 
+def test_nagios_after_global_options_still_answers_unknown(plugin_config: Path) -> None:
+    """`--log-level debug nagios ...` reaches the plugin's parser: a bad range is UNKNOWN (3)."""
+    run = cli("--log-level", "debug", "nagios", "--config", str(plugin_config), "-c", "x")
+    assert run.returncode == 3
+    assert run.stdout.startswith("CERTERO FLOW UNKNOWN - bad arguments: argument -c/--critical")
+    assert "nagios" in cli("--help").stdout
+
+
+def test_console_script_entry_point(
+    plugin_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check_certero_flow` (pyproject's exporter.nagios:main) prints one line and returns."""
+    code = nagios_main(["--config", str(plugin_config), "--flow", "hmc_closed"])
+    out = capsys.readouterr().out
+    assert code == 2
+    assert out.count("\n") == 1
+    assert out.startswith("CERTERO FLOW CRITICAL - hmc_closed 127.0.0.1:")
+
+
 def test_an_invalid_config_is_unknown(tmp_path: Path) -> None:
     """A config that does not load is the plugin's fault, not the flow's: UNKNOWN."""
     path = tmp_path / "bad.yaml"
@@ -286,6 +307,8 @@ class SlowSshPeer:
 
     def close(self) -> None:
         self.closed.set()
+        with contextlib.suppress(OSError):  # wakes the blocked accept(); close() does not
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.thread.join(timeout=5)
 
