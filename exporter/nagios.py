@@ -18,8 +18,10 @@ could not run the check, so the flow's state is unknown), which is UNKNOWN. An `
 CRITICAL/WARNING when `-c`/`-w` alert on its total latency in seconds, or when the earliest
 certificate of its chain expires in fewer than `--cert-crit`/`--cert-warn` days. A flow with
 several targets is checked on every target at once unless `--target` picks one; the worst
-state wins and the line names each target that is not OK. An unknown flow, a bad argument or a
-config that does not load is UNKNOWN: Nagios must not read a broken invocation as a broken flow.
+state wins and the line names each target that is not OK (at most MAX_TARGETS_NAMED of them,
+and perfdata for the first MAX_TARGETS_WITH_PERFDATA targets: Nagios keeps 8 KiB of output).
+An unknown flow, a bad argument or a config that does not load is UNKNOWN: Nagios must not
+read a broken invocation as a broken flow.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ from exporter.runner import run_check
 PLUGIN_NAME = "check_certero_flow"
 STATUS_PREFIX = "CERTERO FLOW"
 SECONDS_PER_DAY = 86400.0
+# Nagios 4 keeps 8 KiB of a plugin's output (MAX_PLUGIN_OUTPUT_LENGTH): a flow with hundreds of
+# targets names at most this many in the line, and gives perfdata for at most this many.
+MAX_TARGETS_NAMED = 10
+MAX_TARGETS_WITH_PERFDATA = 20
 
 
 class State(enum.IntEnum):
@@ -285,43 +291,47 @@ def select_jobs(config: Config, flow_id: str, target: str | None) -> list[Job]:
     if not jobs:
         if any(sweep.flow_id == flow_id for sweep in config.sweeps):
             raise UsageError(
-                f"flow {flow_id} is a swept network; plugin mode checks a flow's targets "
-                "(use --target with one host of the network in an extra flow)"
+                f"flow {flow_id} is a swept network; plugin mode checks listed targets only "
+                "(list a host of the network as an extra flow to check it from Nagios)"
             )
         reason = config.skipped_flows.get(flow_id)
         if reason:
             raise UsageError(f"flow {flow_id} has no pairs to check: {reason}")
-        known = sorted({job.flow_id for job in config.jobs})
-        raise UsageError(
-            f"no configured pairs for flow {flow_id} (configured: {', '.join(known) or 'none'})"
-        )
+        known = _listing(sorted({job.flow_id for job in config.jobs}))
+        raise UsageError(f"no configured pairs for flow {flow_id} (configured: {known})")
     if target is None:
         return jobs
     chosen = [job for job in jobs if target in (str(job.target), job.target.host)]
     if not chosen:
-        targets = ", ".join(str(job.target) for job in jobs)
+        targets = _listing([str(job.target) for job in jobs])
         raise UsageError(f"flow {flow_id} has no target {target} (targets: {targets})")
     return chosen
+
+
+def _listing(names: Sequence[str]) -> str:
+    """`a, b, c and 12 more`: a bounded list of names for one line."""
+    shown = ", ".join(names[:MAX_TARGETS_NAMED]) or "none"
+    rest = len(names) - MAX_TARGETS_NAMED
+    return f"{shown} and {rest} more" if rest > 0 else shown
 
 
 async def _run_jobs(
     config: Config, jobs: Sequence[Job], timeout_override: float | None
 ) -> list[CheckResult]:
-    """Every chosen pair at once (a plugin run must end within one timeout, not one per target)."""
-    with BlockingPool(config.file.scheduler.blocking_workers) as blocking:
-        outcomes = await asyncio.gather(
-            *(
-                run_check(
-                    job.spec,
-                    job.target,
-                    job.settings,
-                    timeout_override if timeout_override is not None else job.timeout,
-                    blocking=blocking,
-                )
-                for job in jobs
+    """Every chosen pair concurrently, bounded by `scheduler.concurrency` like `check`: a flow
+    with a few targets ends within one timeout, not one per target."""
+    slots = asyncio.Semaphore(config.file.scheduler.concurrency)
+
+    async def run(job: Job, blocking: BlockingPool) -> CheckResult:
+        timeout = timeout_override if timeout_override is not None else job.timeout
+        async with slots:
+            outcome = await run_check(
+                job.spec, job.target, job.settings, timeout, blocking=blocking
             )
-        )
-    return [outcome.result for outcome in outcomes]
+        return outcome.result
+
+    with BlockingPool(config.file.scheduler.blocking_workers) as blocking:
+        return list(await asyncio.gather(*(run(job, blocking) for job in jobs)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,7 +454,7 @@ def perfdata(verdicts: Sequence[Verdict], thresholds: Thresholds) -> str:
     """
     items: list[str] = []
     prefix_targets = len(verdicts) > 1
-    for verdict in verdicts:
+    for verdict in verdicts[:MAX_TARGETS_WITH_PERFDATA]:
         result = verdict.result
         prefix = f"{verdict.job.target} " if prefix_targets else ""
         items.append(
@@ -509,7 +519,9 @@ def status_line(
         counts = f"{len(verdicts) - len(bad)} of {len(verdicts)} targets OK"
         shown = bad or list(verdicts)
         summary = f"{flow_id}: {counts}; " + "; ".join(
-            describe(verdict, with_flow=False) for verdict in shown
+            describe(verdict, with_flow=False) for verdict in shown[:MAX_TARGETS_NAMED]
         )
+        if len(shown) > MAX_TARGETS_NAMED:
+            summary += f"; and {len(shown) - MAX_TARGETS_NAMED} more"
     summary = summary.replace("|", "/").replace("\n", " ")  # `|` starts perfdata
     return state, f"{STATUS_PREFIX} {state.name} - {summary} | {perfdata(verdicts, thresholds)}"

@@ -16,7 +16,15 @@ import pytest
 
 from exporter.checks import CHECKS, Target
 from exporter.config import Job
-from exporter.nagios import Range, State, Thresholds, judge, status_line
+from exporter.nagios import (
+    MAX_TARGETS_NAMED,
+    MAX_TARGETS_WITH_PERFDATA,
+    Range,
+    State,
+    Thresholds,
+    judge,
+    status_line,
+)
 from exporter.nagios import main as nagios_main
 from exporter.result import CheckResult, Phase, Result
 from tests.peers.exporter import run_cli as cli
@@ -166,6 +174,21 @@ def test_several_targets_worst_wins_and_perfdata_names_each() -> None:
     )
     assert "'10.0.0.1:636 time'=0.012s;;;0;5" in perf
     assert "'10.0.0.2:636 time'=5s;;;0;5" in perf
+
+
+def test_a_flow_with_many_targets_keeps_the_line_bounded() -> None:
+    """Thirty refused targets: ten are named, the rest counted, perfdata for twenty."""
+    verdicts = [
+        judge(_job(host=f"10.0.0.{index}"), _result(Result.REFUSED, detail="refused"),
+              Thresholds(), 5)
+        for index in range(30)
+    ]  # fmt: skip
+    state, line = status_line("ldaps_dc", verdicts, Thresholds())
+    summary, perf = line.split(" | ")
+    assert state is State.CRITICAL
+    assert summary.count("refused: refused") == MAX_TARGETS_NAMED
+    assert summary.endswith(f"; and {30 - MAX_TARGETS_NAMED} more")
+    assert perf.count(" time'=") == MAX_TARGETS_WITH_PERFDATA
 
 
 def test_a_pipe_in_a_detail_does_not_start_the_perfdata() -> None:
