@@ -1,7 +1,8 @@
-"""Command line: `serve`, `check`, `validate`, `catalogue`.
+"""Command line: `serve`, `check`, `validate`, `catalogue`, `nagios`.
 
 Exit codes: 0 success (for `check`: every flow ok), 1 a flow failed or a config is invalid,
-2 bad usage.
+2 bad usage. `nagios` (and the program started as `check_certero_flow`) follows the Nagios
+plugin API instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (see exporter/nagios.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from exporter.blocking import BlockingPool
 from exporter.catalogue import FLOWS
 from exporter.config import Config, Job, Sweep, load_config, parse_endpoint
 from exporter.errors import ConfigError, ConfigProblem
+from exporter.nagios import add_arguments as add_nagios_arguments
+from exporter.nagios import is_plugin_name, run_plugin
+from exporter.nagios import main as nagios_main
 from exporter.networks import Shard
 from exporter.report import (
     FlowReport,
@@ -40,12 +44,25 @@ from exporter.web import DEFAULT_PORT, serve
 from exporter.webconfig import load_web_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script.
+
+    Started as `check_certero_flow` (a symlink), or with the `nagios` command, the arguments go
+    to the plugin's own parser, whose usage errors exit UNKNOWN (3) as Nagios expects rather
+    than argparse's 2.
+    """
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if argv is None and is_plugin_name(sys.argv[0]):
+        return nagios_main(arguments)
+    plugin = _plugin_invocation(arguments)
+    if plugin is not None:
+        log_level, plugin_arguments = plugin
+        return nagios_main(plugin_arguments, "certero-flow-exporter nagios", log_level)
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
@@ -60,15 +77,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _plugin_invocation(arguments: Sequence[str]) -> tuple[str, list[str]] | None:
+    """(log level, plugin arguments) when the command is `nagios`, after any `--log-level`."""
+    log_level = "error"  # the plugin's stdout is its status line; only errors go to stderr
+    index = 0
+    while index < len(arguments) and arguments[index].startswith("--log-level"):
+        option = arguments[index]
+        if "=" in option:
+            log_level, index = option.partition("=")[2], index + 1
+        elif index + 1 < len(arguments):
+            log_level, index = arguments[index + 1], index + 2
+        else:
+            return None  # argparse reports the missing value
+    if arguments[index : index + 1] != ["nagios"]:
+        return None
+    if log_level not in LOG_LEVELS:
+        return None  # argparse reports the bad choice
+    return log_level, list(arguments[index + 1 :])
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="certero-flow-exporter",
         description="Proves every network flow of a Certero deployment is open and answered.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_cmd = commands.add_parser(
@@ -139,6 +173,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     catalogue_cmd.add_argument("--format", choices=["table", "json"], default="table")
     catalogue_cmd.set_defaults(handler=_catalogue)
+
+    nagios_cmd = commands.add_parser(
+        "nagios",
+        help="Nagios/Icinga plugin: check one flow once, exit 0 OK/1 WARNING/2 CRITICAL/3 UNKNOWN",
+    )
+    add_nagios_arguments(nagios_cmd)
+    nagios_cmd.set_defaults(handler=run_plugin)
     return parser
 
 
