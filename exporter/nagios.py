@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import enum
 import logging
 import math
@@ -41,6 +42,7 @@ from typing import NoReturn
 from exporter.blocking import BlockingPool
 from exporter.config import Config, Job, load_config
 from exporter.errors import ConfigError
+from exporter.remediation import remediate_pair
 from exporter.result import CheckResult, Result
 from exporter.runner import run_check
 
@@ -272,7 +274,10 @@ def _run_plugin(args: argparse.Namespace) -> int:
         return _emit(State.UNKNOWN, str(exc))
     results = asyncio.run(_run_jobs(config, jobs, args.timeout))
     verdicts = [
-        judge(job, result, thresholds, args.timeout or job.timeout)
+        dataclasses.replace(
+            judge(job, result, thresholds, args.timeout or job.timeout),
+            remediation="" if result.ok else remediate_pair(config, job, result).summary,
+        )
         for job, result in zip(jobs, results, strict=True)
     ]
     state, line = status_line(args.flow, verdicts, thresholds)
@@ -354,6 +359,7 @@ class Verdict:
     reason: str
     timeout: float
     cert_days: float | None
+    remediation: str = ""  # what to change, for a pair that did not pass
 
 
 def cert_days_left(result: CheckResult, now: float | None = None) -> float | None:
@@ -423,17 +429,6 @@ def _milliseconds(seconds: float) -> str:
     return f"{milliseconds:.1f} ms" if milliseconds < 10 else f"{milliseconds:.0f} ms"
 
 
-def remediation_text(job: Job, result: CheckResult) -> str:
-    """What to change so that this pair's flow works again; empty when there is nothing to say.
-
-    The status line appends it after the class and detail of every non-ok pair. The text comes
-    from the remediation catalogue (the firewall rule to open for network faults, what to check
-    on the service otherwise); until that is wired in, there is none.
-    """
-    del job, result
-    return ""
-
-
 def describe(verdict: Verdict, *, with_flow: bool = True) -> str:
     """`ldaps_dc 10.0.0.1:636 refused: connection refused` and its remediation, if any."""
     job, result = verdict.job, verdict.result
@@ -441,8 +436,7 @@ def describe(verdict: Verdict, *, with_flow: bool = True) -> str:
     if result.ok:
         return f"{pair} {verdict.reason}"
     text = f"{pair} {result.result.value}: {verdict.reason}"
-    remedy = remediation_text(job, result)
-    return f"{text} - {remedy}" if remedy else text
+    return f"{text} - {verdict.remediation}" if verdict.remediation else text
 
 
 def perfdata(verdicts: Sequence[Verdict], thresholds: Thresholds) -> str:
