@@ -186,7 +186,34 @@ def _tls_cells() -> Iterator[Cell]:
         )
 
 
-CELLS: tuple[Cell, ...] = (*_network_cells(), *_peer_cells(), *_tls_cells())
+# what each peer with an account says to a wrong password, as the check reports it
+WRONG_PASSWORD_WORDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "ssh": ("login as", "refused", "password tried"),
+        "ldap": ("bind failed", "invalidCredentials (49)"),
+        "ldaps": ("bind failed", "invalidCredentials (49)"),
+        "smb": ("STATUS_LOGON_FAILURE (0xC000006D)", "wrong password"),
+        "snmp": ("usmStatsWrongDigests", "wrong authentication password"),
+        "mssql": ("SQL Server error 18456", "Login failed for user"),
+        "vsphere": ("InvalidLogin", "incorrect user name or password"),
+        "xenapi": ("refused", "SESSION_AUTHENTICATION_FAILED"),
+        "oracle_tns": ("invalid username or password", "ORA-01017"),
+    }
+)
+
+
+def _credential_cells() -> Iterator[Cell]:
+    """A wrong password against a peer that holds the account (a wrong SNMPv3 auth password)."""
+    for check, words in WRONG_PASSWORD_WORDS.items():
+        yield Cell(check, Fault.WRONG_CREDENTIALS, Result.AUTH_FAILED, words)
+
+
+CELLS: tuple[Cell, ...] = (
+    *_network_cells(),
+    *_peer_cells(),
+    *_tls_cells(),
+    *_credential_cells(),
+)
 
 
 def cells_of(fault: Fault) -> tuple[Cell, ...]:

@@ -40,6 +40,15 @@ from tests.fault_matrix import CELLS, NOT_YET, Cell, Fault, cells_of, render_dia
 from tests.peers.netns import IsolatedHost, isolated_host
 from tests.peers.nginx import Nginx
 from tests.peers.pki import CertPair, Pki
+from tests.peers.samba_smb import SambaSmb
+from tests.peers.slapd import Slapd
+from tests.peers.snmpd import SHA256_AES, Snmpd
+from tests.peers.sshd import Sshd
+from tests.peers.tns_listener import run_tns_listener
+from tests.peers.vsphere_fake import USER as VSPHERE_USER
+from tests.peers.vsphere_fake import VCENTER, run_vsphere_fake
+from tests.peers.xapi_fake import USER as XAPI_USER
+from tests.peers.xapi_fake import run_xapi_fake
 
 DIAGNOSIS = Path(__file__).resolve().parent.parent / "docs" / "diagnosis.md"
 PORT = 3201  # inside SAP's dispatcher range, so every TCP and UDP check accepts it
@@ -90,6 +99,8 @@ ANSWER_START: Mapping[str, bytes] = {
 SSH_BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"
 MEETS_SSH = frozenset({"http", "xenapi"})
 SELF_SIGNED_DAYS = 30
+TDS_USER = "monitor"
+ORACLE_SERVICE = "orclpdb1"
 
 
 @pytest.fixture
@@ -329,6 +340,106 @@ async def test_tls_fault(fault: Fault, pool: BlockingPool, pki: Pki, tmp_path: P
     assert not wrong, "\n".join(wrong)
 
 
+WRONG_PASSWORD = "not-the-password"  # what every wrong-credentials cell logs in with
+
+
+@contextlib.asynccontextmanager
+async def _account_peer(
+    check: str, request: pytest.FixtureRequest, pki: Pki
+) -> AsyncIterator[tuple[Target, dict[str, object]]]:
+    """The real or spec-written peer of `check` that has an account, and settings naming that
+    account with a wrong password (a wrong SNMPv3 authentication password for snmp)."""
+    if check == "ssh":
+        sshd: Sshd = request.getfixturevalue("sshd")
+        yield (
+            Target(sshd.host, sshd.port),
+            {"username": sshd.login_user, "password": WRONG_PASSWORD},
+        )
+    elif check in {"ldap", "ldaps"}:
+        slapd: Slapd = request.getfixturevalue("slapd")
+        port = slapd.ldap_port if check == "ldap" else slapd.ldaps_port
+        tls = {"ca_file": str(pki.ca_cert)} if check == "ldaps" else {}
+        yield (
+            Target(slapd.host, port),
+            {"bind_dn": slapd.user_dn, "password": WRONG_PASSWORD, **tls},
+        )
+    elif check == "smb":
+        samba: SambaSmb = request.getfixturevalue("samba_smb")
+        yield Target(samba.host, samba.port), {"username": samba.user, "password": WRONG_PASSWORD}
+    elif check == "snmp":
+        snmpd: Snmpd = request.getfixturevalue("snmpd")
+        user = SHA256_AES
+        yield (
+            Target(snmpd.host, snmpd.port),
+            {
+                "username": user.name,
+                "auth_protocol": user.auth_protocol,
+                "auth_password": WRONG_PASSWORD,
+                "priv_protocol": user.priv_protocol,
+                "priv_password": user.priv_password,
+            },
+        )
+    elif check == "mssql":
+        async with tds_server(TDS_USER, "Corr3ct-Horse") as tds:
+            yield Target(HOST, tds.port), {"username": TDS_USER, "password": WRONG_PASSWORD}
+    elif check == "vsphere":
+        with run_vsphere_fake(VCENTER, pki.valid.cert, pki.valid.key) as vcenter:
+            yield (
+                Target(HOST, vcenter.port),
+                {
+                    "ca_file": str(pki.ca_cert),
+                    "username": VSPHERE_USER,
+                    "password": WRONG_PASSWORD,
+                },
+            )
+    elif check == "xenapi":
+        with run_xapi_fake() as xapi:
+            yield Target(HOST, xapi.port), {"username": XAPI_USER, "password": WRONG_PASSWORD}
+    elif check == "oracle_tns":
+        with run_tns_listener(services=(ORACLE_SERVICE,)) as listener:
+            yield (
+                Target(HOST, listener.port),
+                {
+                    "service_name": ORACLE_SERVICE,
+                    "username": "scott",
+                    "password": WRONG_PASSWORD,
+                },
+            )
+    else:
+        raise LookupError(f"no peer with an account for {check}")
+
+
+async def test_wrong_credentials(
+    request: pytest.FixtureRequest, pool: BlockingPool, pki: Pki
+) -> None:
+    """A wrong password against a peer that has the account: auth_failed, in the peer's words."""
+    cells = _built(Fault.WRONG_CREDENTIALS)
+    async with contextlib.AsyncExitStack() as stack:
+        targets: dict[str, Target] = {}
+        accounts: dict[str, dict[str, object]] = {}
+        for cell in cells:
+            target, account = await stack.enter_async_context(
+                _account_peer(cell.check, request, pki)
+            )
+            targets[cell.check], accounts[cell.check] = target, account
+        runs = [
+            run_check(
+                CHECKS[cell.check],
+                targets[cell.check],
+                CHECKS[cell.check].settings_model.model_validate(
+                    {**accounts[cell.check], **dict(cell.settings)}
+                ),
+                ANSWER_TIMEOUT_S,
+                blocking=pool,
+            )
+            for cell in cells
+        ]
+        outcomes = dict(zip(cells, await asyncio.gather(*runs), strict=True))
+    wrong = _disagreements(outcomes)
+    assert not wrong, "\n".join(wrong)
+    assert not [cell for cell, out in outcomes.items() if WRONG_PASSWORD in out.result.detail]
+
+
 def test_every_fault_has_a_test() -> None:
     """A row of a new fault must come with the code that builds it, or it is never run."""
     built_here = {
@@ -342,6 +453,7 @@ def test_every_fault_has_a_test() -> None:
         Fault.TLS_SELF_SIGNED,
         Fault.TLS_WRONG_NAME,
         Fault.TLS_MISSING_INTERMEDIATE,
+        Fault.WRONG_CREDENTIALS,
     }
     assert {cell.fault for cell in CELLS if cell.expected is not NOT_YET} <= built_here
 
