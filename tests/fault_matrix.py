@@ -137,6 +137,9 @@ WRONG_SERVICE_WORDS: Mapping[str, str] = MappingProxyType(
         "ldap": "not an LDAP server",
         "smb": "not an SMB server",
         "sap": "not an SAP NI peer",
+        "mssql_browser": "not a SQL Server Browser answer",
+        "netbios_ns": "the request came back unchanged",
+        "snmp": "not an SNMP agent",
     }
 )
 
@@ -144,7 +147,8 @@ WRONG_SERVICE_WORDS: Mapping[str, str] = MappingProxyType(
 def _peer_cells() -> Iterator[Cell]:
     """A peer that is there but misbehaves: wrong service, silence, slow drip, early close.
 
-    Silence and a slow drip both end at the deadline, in the phase that waited: `tls` for the
+    UDP checks meet an echo service (RFC 862) as the wrong service, and a bound socket that
+    never answers as silence. Silence and a slow drip both end at the deadline, in the phase that waited: `tls` for the
     checks that start with a TLS handshake, `handshake` for the others. A close after the
     request is the service's failure (`service_error`), or `tls_error` inside a handshake.
     """
@@ -164,6 +168,11 @@ def _peer_cells() -> Iterator[Cell]:
         else:
             closed = Cell(check, Fault.CLOSES_MID_EXCHANGE, Result.SERVICE_ERROR, ("closed",))
         yield closed
+    for check in UDP_CHECKS:
+        yield Cell(
+            check, Fault.WRONG_SERVICE, Result.PROTOCOL_MISMATCH, (WRONG_SERVICE_WORDS[check],)
+        )
+        yield Cell(check, Fault.SILENT, Result.TIMEOUT, ("reply within", "filtered"))
 
 
 def _tls_cells() -> Iterator[Cell]:

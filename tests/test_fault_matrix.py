@@ -45,6 +45,9 @@ from tests.peers.slapd import Slapd
 from tests.peers.snmpd import SHA256_AES, Snmpd
 from tests.peers.sshd import Sshd
 from tests.peers.tns_listener import run_tns_listener
+from tests.peers.udp import echo as udp_echo
+from tests.peers.udp import silent as udp_silent
+from tests.peers.udp import udp_peer
 from tests.peers.vsphere_fake import USER as VSPHERE_USER
 from tests.peers.vsphere_fake import VCENTER, run_vsphere_fake
 from tests.peers.xapi_fake import USER as XAPI_USER
@@ -222,15 +225,22 @@ async def test_peer_fault(fault: Fault, pool: BlockingPool, nginx: Nginx) -> Non
     """The port is open but the peer misbehaves: every check says how, within its timeout."""
     cells = _built(fault)
     async with contextlib.AsyncExitStack() as stack:
+        targets: dict[str, Target] = {}
+        for cell in cells:
+            if CHECKS[cell.check].transport == "udp":
+                # RFC 862 echo is the wrong service; a bound socket that never answers is silence
+                answer = udp_echo if fault is Fault.WRONG_SERVICE else udp_silent
+                peer = await stack.enter_async_context(udp_peer(answer))
+                targets[cell.check] = Target(HOST, peer.port)
+        cells_tcp = tuple(cell for cell in cells if cell.check not in targets)
         if fault is Fault.WRONG_SERVICE:
             ssh_port = await stack.enter_async_context(fake_server(sends_then_waits(SSH_BANNER)))
-            targets = {
-                cell.check: Target(HOST, ssh_port if cell.check in MEETS_SSH else nginx.http_port)
-                for cell in cells
-            }
+            for cell in cells_tcp:
+                port = ssh_port if cell.check in MEETS_SSH else nginx.http_port
+                targets[cell.check] = Target(HOST, port)
         else:
             handlers: dict[str, Handler] = {}
-            for cell in cells:
+            for cell in cells_tcp:
                 start = ANSWER_START[cell.check]
                 handlers[cell.check] = (
                     silent
@@ -239,7 +249,7 @@ async def test_peer_fault(fault: Fault, pool: BlockingPool, nginx: Nginx) -> Non
                     if fault is Fault.SLOW_DRIP
                     else closes_after_request
                 )
-            targets = await _served(stack, handlers)
+            targets.update(await _served(stack, handlers))
         timeout = SILENCE_TIMEOUT_S if fault in TIMES_OUT else ANSWER_TIMEOUT_S
         outcomes = await _run_cells(cells, targets, pool, timeout)
     wrong = _disagreements(outcomes)
