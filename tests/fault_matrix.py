@@ -207,6 +207,8 @@ WRONG_PASSWORD_WORDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "vsphere": ("InvalidLogin", "incorrect user name or password"),
         "xenapi": ("refused", "SESSION_AUTHENTICATION_FAILED"),
         "oracle_tns": ("invalid username or password", "ORA-01017"),
+        "http": ("HTTP 401 Unauthorized", "refused the credentials"),
+        "https": ("HTTP 401 Unauthorized", "refused the credentials"),
     }
 )
 

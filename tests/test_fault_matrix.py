@@ -10,6 +10,7 @@ every cell that disagreed, with the class and detail it got.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import ipaddress
@@ -103,6 +104,11 @@ SSH_BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"
 MEETS_SSH = frozenset({"http", "xenapi"})
 SELF_SIGNED_DAYS = 30
 TDS_USER = "monitor"
+WRONG_BASIC = base64.b64encode(b"monitor:not-the-password").decode()
+UNAUTHORIZED = (
+    b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm="certero"\r\n'
+    b"Content-Length: 0\r\n\r\n"
+)
 ORACLE_SERVICE = "orclpdb1"
 
 
@@ -415,8 +421,36 @@ async def _account_peer(
                     "password": WRONG_PASSWORD,
                 },
             )
+    elif check in {"http", "https"}:
+        server_tls: ssl.SSLContext | None = None
+        if check == "https":
+            server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            server_tls.load_cert_chain(pki.valid.cert, pki.valid.key)
+        async with fake_server(refuses_basic_auth(server_tls)) as port:
+            yield (
+                Target(HOST, port),
+                {
+                    "headers": {"Authorization": f"Basic {WRONG_BASIC}"},
+                    **({"ca_file": str(pki.ca_cert)} if server_tls is not None else {}),
+                },
+            )
     else:
         raise LookupError(f"no peer with an account for {check}")
+
+
+def refuses_basic_auth(tls: ssl.SSLContext | None) -> Handler:
+    """A web server (TLS with `tls`) answering every request 401 with a Basic challenge,
+    as one does to an Authorization header it does not accept (RFC 9110 11.6.1, 15.5.2)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if tls is not None:
+            await writer.start_tls(tls)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(UNAUTHORIZED)
+        await writer.drain()
+        await wait_for_client_to_leave(reader)
+
+    return handler
 
 
 async def test_wrong_credentials(
