@@ -75,6 +75,7 @@ TLS_SETTINGS: Mapping[str, tuple[tuple[str, object], ...]] = MappingProxyType(
         "tls": (),
         "https": (),
         "ldaps": (),
+        "ldap": (("start_tls", True),),
         "mssql": (("encrypt", "require"),),
         "vsphere": (),
         "xenapi": (("tls", True),),

@@ -332,9 +332,45 @@ async def _tls_peers(cells: tuple[Cell, ...], pair: CertPair) -> AsyncIterator[d
                 )
                 targets[cell.check] = Target(HOST, fake.port)
             else:
-                port = await stack.enter_async_context(fake_server(serves_tls(context)))
+                handler = agrees_to_start_tls(context) if cell.check == "ldap" else None
+                port = await stack.enter_async_context(fake_server(handler or serves_tls(context)))
                 targets[cell.check] = Target(HOST, port)
         yield targets
+
+
+START_TLS_OID = b"1.3.6.1.4.1.1466.20037"  # RFC 4511 4.14.1
+
+
+def _ber(tag: int, value: bytes) -> bytes:
+    """One BER TLV with a short-form length (X.690 8.1.3.4): every value here is < 128 bytes."""
+    return bytes([tag, len(value)]) + value
+
+
+async def _read_ldap_message(reader: asyncio.StreamReader) -> bytes:
+    """One LDAPMessage SEQUENCE (RFC 4511 4.1.1): its content, whatever the length's form."""
+    header = await reader.readexactly(2)
+    size = header[1]
+    if size & 0x80:
+        size = int.from_bytes(await reader.readexactly(size & 0x7F), "big")
+    return await reader.readexactly(size)
+
+
+def agrees_to_start_tls(context: ssl.SSLContext) -> Handler:
+    """An LDAP server that answers the StartTLS extended request with success (RFC 4511
+    4.14.2) and then shows its certificate in the TLS handshake."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await _read_ldap_message(reader)
+        message_id = request[: 2 + request[1]]  # the INTEGER TLV, echoed as it came
+        result = bytes.fromhex("0a0100") + _ber(0x04, b"") + _ber(0x04, b"")  # success, "", ""
+        response = _ber(0x78, result + _ber(0x8A, START_TLS_OID))  # [APPLICATION 24]
+        writer.write(_ber(0x30, message_id + response))
+        await writer.drain()
+        with contextlib.suppress(ssl.SSLError):  # a client rejecting the certificate aborts
+            await writer.start_tls(context)
+            await wait_for_client_to_leave(reader)
+
+    return handler
 
 
 @pytest.mark.parametrize(
