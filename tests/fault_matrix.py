@@ -33,6 +33,7 @@ class Fault(enum.StrEnum):
     SILENT = "accepts, then says nothing"
     SLOW_DRIP = "slow drip past the timeout"
     CLOSES_MID_EXCHANGE = "closes mid-exchange"
+    CLOSES_MID_ANSWER = "closes mid-answer"
     TLS_EXPIRED = "TLS expired"
     TLS_SELF_SIGNED = "TLS self-signed"
     TLS_WRONG_NAME = "TLS wrong name"
@@ -145,6 +146,24 @@ WRONG_SERVICE_WORDS: Mapping[str, str] = MappingProxyType(
 )
 
 
+# A peer that starts the right answer and closes half-way through its first header. These
+# checks call that a wrong service ("not a TDS server: it sent ..."), or quote too little to
+# tell, where the header so far is the right protocol's: not asserted until they say "closed".
+CUT_ANSWER_NOT_YET = frozenset({"http", "ssh", "mssql", "netbios_ssn", "db2", "sap"})
+CUT_ANSWER: Mapping[str, tuple[Result, tuple[str, ...]]] = MappingProxyType(
+    {
+        "tls": (Result.TLS_ERROR, ("connection closed", "TLS handshake")),
+        "https": (Result.TLS_ERROR, ("connection closed", "TLS handshake")),
+        "vsphere": (Result.TLS_ERROR, ("connection closed", "TLS handshake")),
+        "ldaps": (Result.TLS_ERROR, ("TLS handshake failed", "eof")),
+        "ldap": (Result.SERVICE_ERROR, ("connection closed",)),
+        "oracle_tns": (Result.SERVICE_ERROR, ("connection closed",)),
+        "smb": (Result.SERVICE_ERROR, ("connection closed in the middle of an SMB message",)),
+        "xenapi": (Result.SERVICE_ERROR, ("connection closed in the response headers",)),
+    }
+)
+
+
 def _peer_cells() -> Iterator[Cell]:
     """A peer that is there but misbehaves: wrong service, silence, slow drip, early close.
 
@@ -169,6 +188,11 @@ def _peer_cells() -> Iterator[Cell]:
         else:
             closed = Cell(check, Fault.CLOSES_MID_EXCHANGE, Result.SERVICE_ERROR, ("closed",))
         yield closed
+    for check in SPEAKING_TCP_CHECKS:
+        if check in CUT_ANSWER_NOT_YET:
+            yield Cell(check, Fault.CLOSES_MID_ANSWER, NOT_YET)
+        else:
+            yield Cell(check, Fault.CLOSES_MID_ANSWER, *CUT_ANSWER[check])
     for check in UDP_CHECKS:
         yield Cell(
             check, Fault.WRONG_SERVICE, Result.PROTOCOL_MISMATCH, (WRONG_SERVICE_WORDS[check],)

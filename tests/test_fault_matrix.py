@@ -210,6 +210,19 @@ def drips(data: bytes) -> Handler:
     return handler
 
 
+def closes_mid_answer(data: bytes) -> Handler:
+    """A peer that reads the client's first message, sends the first half of the right
+    answer's header, and closes."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(data[: len(data) // 2])
+        await writer.drain()
+        writer.close()
+
+    return handler
+
+
 async def closes_after_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """A peer that reads the client's first message and closes instead of answering."""
     await reader.read(65536)
@@ -228,7 +241,14 @@ async def _served(
 
 
 @pytest.mark.parametrize(
-    "fault", [Fault.SILENT, Fault.SLOW_DRIP, Fault.CLOSES_MID_EXCHANGE, Fault.WRONG_SERVICE]
+    "fault",
+    [
+        Fault.SILENT,
+        Fault.SLOW_DRIP,
+        Fault.CLOSES_MID_EXCHANGE,
+        Fault.CLOSES_MID_ANSWER,
+        Fault.WRONG_SERVICE,
+    ],
 )
 async def test_peer_fault(fault: Fault, pool: BlockingPool, nginx: Nginx) -> None:
     """The port is open but the peer misbehaves: every check says how, within its timeout."""
@@ -251,13 +271,12 @@ async def test_peer_fault(fault: Fault, pool: BlockingPool, nginx: Nginx) -> Non
             handlers: dict[str, Handler] = {}
             for cell in cells_tcp:
                 start = ANSWER_START[cell.check]
-                handlers[cell.check] = (
-                    silent
-                    if fault is Fault.SILENT
-                    else drips(start)
-                    if fault is Fault.SLOW_DRIP
-                    else closes_after_request
-                )
+                handlers[cell.check] = {
+                    Fault.SILENT: silent,
+                    Fault.SLOW_DRIP: drips(start),
+                    Fault.CLOSES_MID_EXCHANGE: closes_after_request,
+                    Fault.CLOSES_MID_ANSWER: closes_mid_answer(start),
+                }[fault]
             targets.update(await _served(stack, handlers))
         timeout = SILENCE_TIMEOUT_S if fault in TIMES_OUT else ANSWER_TIMEOUT_S
         outcomes = await _run_cells(cells, targets, pool, timeout)
@@ -531,6 +550,7 @@ def test_every_fault_has_a_test() -> None:
         Fault.SILENT,
         Fault.SLOW_DRIP,
         Fault.CLOSES_MID_EXCHANGE,
+        Fault.CLOSES_MID_ANSWER,
         Fault.WRONG_SERVICE,
         Fault.TLS_EXPIRED,
         Fault.TLS_SELF_SIGNED,
