@@ -146,10 +146,8 @@ WRONG_SERVICE_WORDS: Mapping[str, str] = MappingProxyType(
 )
 
 
-# A peer that starts the right answer and closes half-way through its first header. These
-# checks call that a wrong service ("not a TDS server: it sent ..."), or quote too little to
-# tell, where the header so far is the right protocol's: not asserted until they say "closed".
-CUT_ANSWER_NOT_YET = frozenset({"http", "ssh", "mssql", "netbios_ssn", "db2", "sap"})
+# A peer that starts the right answer and closes half-way through its first header: the
+# service failed mid-answer (`service_error`, "closed"), not a wrong service on the port.
 CUT_ANSWER: Mapping[str, tuple[Result, tuple[str, ...]]] = MappingProxyType(
     {
         "tls": (Result.TLS_ERROR, ("connection closed", "TLS handshake")),
@@ -160,6 +158,12 @@ CUT_ANSWER: Mapping[str, tuple[Result, tuple[str, ...]]] = MappingProxyType(
         "oracle_tns": (Result.SERVICE_ERROR, ("connection closed",)),
         "smb": (Result.SERVICE_ERROR, ("connection closed in the middle of an SMB message",)),
         "xenapi": (Result.SERVICE_ERROR, ("connection closed in the response headers",)),
+        "http": (Result.SERVICE_ERROR, ("connection closed in the response status line",)),
+        "ssh": (Result.SERVICE_ERROR, ("connection closed in the SSH identification string",)),
+        "mssql": (Result.SERVICE_ERROR, ("closed after 4 of the 8 bytes", "TDS packet header")),
+        "netbios_ssn": (Result.SERVICE_ERROR, ("closed after 2 of the 4 bytes", "session packet")),
+        "db2": (Result.SERVICE_ERROR, ("closed after 4 of the 6 bytes", "DSS header")),
+        "sap": (Result.SERVICE_ERROR, ("closed after 2 of the 4 bytes", "NI length")),
     }
 )
 
@@ -189,10 +193,7 @@ def _peer_cells() -> Iterator[Cell]:
             closed = Cell(check, Fault.CLOSES_MID_EXCHANGE, Result.SERVICE_ERROR, ("closed",))
         yield closed
     for check in SPEAKING_TCP_CHECKS:
-        if check in CUT_ANSWER_NOT_YET:
-            yield Cell(check, Fault.CLOSES_MID_ANSWER, NOT_YET)
-        else:
-            yield Cell(check, Fault.CLOSES_MID_ANSWER, *CUT_ANSWER[check])
+        yield Cell(check, Fault.CLOSES_MID_ANSWER, *CUT_ANSWER[check])
     for check in UDP_CHECKS:
         yield Cell(
             check, Fault.WRONG_SERVICE, Result.PROTOCOL_MISMATCH, (WRONG_SERVICE_WORDS[check],)

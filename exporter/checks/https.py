@@ -337,6 +337,11 @@ async def _read_head(reader: asyncio.StreamReader) -> _Response:
     match = _STATUS_LINE.match(status_line)
     if match is None:
         excerpt = status_line[:40].decode("ascii", errors="replace").strip()
+        if reader.at_eof() and status_line.startswith(b"HTTP/"):
+            # an HTTP server that closed half-way through its status line (RFC 9112 4)
+            raise CheckFailure(
+                Result.SERVICE_ERROR, f"connection closed in the response status line {excerpt!r}"
+            )
         raise CheckFailure(Result.PROTOCOL_MISMATCH, f"not an HTTP response: {excerpt!r}")
     head = b""
     if not status_line.endswith(b"\r\n\r\n"):
