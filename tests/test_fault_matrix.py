@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from exporter.blocking import BlockingPool
-from exporter.checks import CHECKS, Target
+from exporter.checks import CHECKS, CheckSettings, Target
+from exporter.result import Phase
 from exporter.runner import RunOutcome, run_check
 from tests.checks.fakes import (
     HOST,
@@ -81,7 +82,8 @@ RULES: Mapping[Fault, tuple[tuple[str, ...], ...]] = {
 }
 TIMES_OUT = frozenset({Fault.SYN_DROPPED, Fault.DATAGRAM_DROPPED, Fault.SILENT, Fault.SLOW_DRIP})
 # What the right service would start its answer with: a slow drip of it is a peer that is the
-# right service but too slow, and half of it then a close is a peer that gives up mid-exchange.
+# right service but too slow, and half of it then a close is a peer that fails mid-answer.
+SSH_BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"  # RFC 4253 4.2 identification string
 TLS_RECORD = bytes.fromhex("160303007a02")  # RFC 8446 5.1 record header + ServerHello type
 HTTP_STATUS = b"HTTP/1.1 200 OK\r\nServer: nginx\r\n"
 ANSWER_START: Mapping[str, bytes] = {
@@ -91,7 +93,7 @@ ANSWER_START: Mapping[str, bytes] = {
     "vsphere": TLS_RECORD,
     "http": HTTP_STATUS,
     "xenapi": HTTP_STATUS,
-    "ssh": b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n",  # RFC 4253 4.2
+    "ssh": SSH_BANNER,
     "mssql": bytes.fromhex("0401002b00000100"),  # MS-TDS 2.2.3.1 header of a PRELOGIN reply
     "ldap": bytes.fromhex("3084000000400201"),  # RFC 4511 / X.690 SEQUENCE, 4-byte length
     "netbios_ssn": bytes.fromhex("83000001"),  # RFC 1002 4.3.4 negative session response
@@ -101,7 +103,6 @@ ANSWER_START: Mapping[str, bytes] = {
     "sap": bytes.fromhex("0000002a"),  # SAP NI 4-byte length prefix
 }
 # the wrong service a check meets: an HTTP server, except for the checks that speak HTTP
-SSH_BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"
 MEETS_SSH = frozenset({"http", "xenapi"})
 SELF_SIGNED_DAYS = 30
 TDS_USER = "monitor"
@@ -120,9 +121,12 @@ def pool() -> Iterator[BlockingPool]:
         yield workers
 
 
-def _settings(cell: Cell, base: Mapping[str, object]) -> object:
+def _settings(cell: Cell, base: Mapping[str, object]) -> CheckSettings:
     """The cell's settings model: what the fault supplies, overridden by the cell's own."""
-    return CHECKS[cell.check].settings_model.model_validate({**base, **dict(cell.settings)})
+    settings: CheckSettings = CHECKS[cell.check].settings_model.model_validate(
+        {**base, **dict(cell.settings)}
+    )
+    return settings
 
 
 async def _run_cells(
@@ -130,14 +134,15 @@ async def _run_cells(
     targets: Mapping[str, Target],
     pool: BlockingPool,
     timeout_seconds: float,
-    base: Mapping[str, object] | None = None,
+    bases: Mapping[str, Mapping[str, object]] | None = None,
 ) -> dict[Cell, RunOutcome]:
-    """Run every cell against its check's target at once; the outcomes by cell."""
+    """Run every cell against its check's target at once, with the settings the fault gives
+    its check in `bases` (a CA file, an account); the outcomes by cell."""
     runs = [
         run_check(
             CHECKS[cell.check],
             targets[cell.check],
-            _settings(cell, base or {}),  # type: ignore[arg-type]
+            _settings(cell, (bases or {}).get(cell.check, {})),
             timeout_seconds,
             blocking=pool,
         )
@@ -195,6 +200,7 @@ async def test_unresolvable_name(pool: BlockingPool) -> None:
     outcomes = await _run_cells(cells, targets, pool, ANSWER_TIMEOUT_S)
     wrong = _disagreements(outcomes)
     assert not wrong, "\n".join(wrong)
+    assert all(Phase.CONNECT not in outcome.result.phases for outcome in outcomes.values())
 
 
 def drips(data: bytes) -> Handler:
@@ -409,7 +415,8 @@ async def test_tls_fault(fault: Fault, pool: BlockingPool, pki: Pki, tmp_path: P
     cells = _built(fault)
     base = {"ca_file": str(pki.ca_cert), "server_name": "localhost"}
     async with _tls_peers(cells, _certificate(fault, pki, tmp_path)) as targets:
-        outcomes = await _run_cells(cells, targets, pool, ANSWER_TIMEOUT_S, base)
+        bases = {cell.check: base for cell in cells}
+        outcomes = await _run_cells(cells, targets, pool, ANSWER_TIMEOUT_S, bases)
     wrong = _disagreements(outcomes)
     assert not wrong, "\n".join(wrong)
 
@@ -524,19 +531,7 @@ async def test_wrong_credentials(
                 _account_peer(cell.check, request, pki)
             )
             targets[cell.check], accounts[cell.check] = target, account
-        runs = [
-            run_check(
-                CHECKS[cell.check],
-                targets[cell.check],
-                CHECKS[cell.check].settings_model.model_validate(
-                    {**accounts[cell.check], **dict(cell.settings)}
-                ),
-                ANSWER_TIMEOUT_S,
-                blocking=pool,
-            )
-            for cell in cells
-        ]
-        outcomes = dict(zip(cells, await asyncio.gather(*runs), strict=True))
+        outcomes = await _run_cells(cells, targets, pool, ANSWER_TIMEOUT_S, accounts)
     wrong = _disagreements(outcomes)
     assert not wrong, "\n".join(wrong)
     assert not [cell for cell, out in outcomes.items() if WRONG_PASSWORD in out.result.detail]
