@@ -229,7 +229,7 @@ WRONG_PASSWORD_WORDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "ldaps": ("bind failed", "invalidCredentials (49)"),
         "smb": ("STATUS_LOGON_FAILURE (0xC000006D)", "wrong password"),
         "snmp": ("usmStatsWrongDigests", "wrong authentication password"),
-        "mssql": ("SQL Server error 18456", "Login failed for user"),
+        "mssql": ("SQL Server error 18456", "(login failed)"),  # the server text: not always
         "vsphere": ("InvalidLogin", "incorrect user name or password"),
         "xenapi": ("refused", "SESSION_AUTHENTICATION_FAILED"),
         "oracle_tns": ("invalid username or password", "ORA-01017"),
