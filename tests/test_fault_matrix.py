@@ -83,6 +83,8 @@ RULES: Mapping[Fault, tuple[tuple[str, ...], ...]] = {
 TIMES_OUT = frozenset({Fault.SYN_DROPPED, Fault.DATAGRAM_DROPPED, Fault.SILENT, Fault.SLOW_DRIP})
 # What the right service would start its answer with: a slow drip of it is a peer that is the
 # right service but too slow, and half of it then a close is a peer that fails mid-answer.
+# Each is only the start of an answer (a header announcing more), so even delivered whole it
+# leaves the check waiting: a drip can end only at the deadline, however the machine is loaded.
 SSH_BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"  # RFC 4253 4.2 identification string
 TLS_RECORD = bytes.fromhex("160303007a02")  # RFC 8446 5.1 record header + ServerHello type
 HTTP_STATUS = b"HTTP/1.1 200 OK\r\nServer: nginx\r\n"
