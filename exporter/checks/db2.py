@@ -213,6 +213,12 @@ async def _read_header(reader: asyncio.StreamReader) -> bytes:
             raise CheckFailure(
                 Result.SERVICE_ERROR, "connection closed before the DRDA reply"
             ) from exc
+        if _starts_a_dss_header(exc.partial):
+            raise CheckFailure(
+                Result.SERVICE_ERROR,
+                f"connection closed after {len(exc.partial)} of the {DSS_HEADER.size} bytes of "
+                "a DSS header",
+            ) from exc
         raise CheckFailure(
             Result.PROTOCOL_MISMATCH, f"not a DRDA server: it sent {quote_peer(exc.partial)}"
         ) from exc
@@ -355,3 +361,11 @@ SPEC = CheckSpec(
     run,
     "DRDA Exchange Server Attributes (Db2, Derby); database known without credentials",
 )
+
+
+def _starts_a_dss_header(partial: bytes) -> bool:
+    """Whether `partial` can begin a DSS header (DRDA Vol. 3, DSS): a length of at least the
+    header itself, then the 0xD0 magic."""
+    if len(partial) >= 2 and int.from_bytes(partial[:2], "big") < DSS_HEADER.size:
+        return False
+    return len(partial) < 3 or partial[2] == DSS_MAGIC

@@ -37,6 +37,7 @@ from exporter.secrets import Secret, SecretRef, redact_url, reveal
 USER_AGENT = f"certero-flow-exporter/{__version__}"
 _STATUS_LINE = re.compile(rb"^HTTP/(\d)\.(\d) (\d{3})(?: ([^\r\n]*))?\r\n")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+HTTP_UNAUTHORIZED = 401
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")  # field-vchar, SP, HTAB, obs-text
 
@@ -336,6 +337,11 @@ async def _read_head(reader: asyncio.StreamReader) -> _Response:
     match = _STATUS_LINE.match(status_line)
     if match is None:
         excerpt = status_line[:40].decode("ascii", errors="replace").strip()
+        if reader.at_eof() and status_line.startswith(b"HTTP/"):
+            # an HTTP server that closed half-way through its status line (RFC 9112 4)
+            raise CheckFailure(
+                Result.SERVICE_ERROR, f"connection closed in the response status line {excerpt!r}"
+            )
         raise CheckFailure(Result.PROTOCOL_MISMATCH, f"not an HTTP response: {excerpt!r}")
     head = b""
     if not status_line.endswith(b"\r\n\r\n"):
@@ -416,10 +422,14 @@ def _require_status(response: _Response, settings: HttpSettings) -> None:
     if (response.status in accepted) if accepted else (200 <= response.status < 300):
         return
     expected = ", ".join(map(str, accepted)) if accepted else "2xx"
-    raise CheckFailure(
-        Result.SERVICE_ERROR,
-        f"HTTP {response.status} {response.reason} (expected {expected})",
-    )
+    detail = f"HTTP {response.status} {response.reason} (expected {expected})"
+    if response.status == HTTP_UNAUTHORIZED:
+        # RFC 9110 15.5.2: the request's credentials (an Authorization header) were refused,
+        # or it carried none where the resource needs them: an account problem, not a down service
+        raise CheckFailure(
+            Result.AUTH_FAILED, f"{detail}: the server refused the credentials or wants some"
+        )
+    raise CheckFailure(Result.SERVICE_ERROR, detail)
 
 
 def _redirect(target: Target, path: str, location: str, use_tls: bool) -> tuple[Target, str, bool]:

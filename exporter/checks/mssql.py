@@ -539,6 +539,12 @@ async def _read_header(wire: _Wire) -> tuple[int, int, int]:
         raw = await wire.read_exactly(TDS_HEADER.size)
     except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
         partial = exc.partial if isinstance(exc, asyncio.IncompleteReadError) else b""
+        if partial and partial[0] == TDS_TABULAR_RESULT:  # MS-TDS 2.2.3.1.1: a reply's type
+            raise CheckFailure(
+                Result.SERVICE_ERROR,
+                f"connection closed after {len(partial)} of the {TDS_HEADER.size} bytes of a "
+                "TDS packet header",
+            ) from exc
         if partial:
             raise CheckFailure(
                 Result.PROTOCOL_MISMATCH, f"not a TDS server: it sent {quote_peer(partial)}"

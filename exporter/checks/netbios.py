@@ -366,6 +366,13 @@ async def _read_session_answer(reader: asyncio.StreamReader) -> tuple[int, bytes
             header = await reader.readexactly(SESSION_HEADER.size)
         except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
             partial = exc.partial if isinstance(exc, asyncio.IncompleteReadError) else b""
+            if partial[:1] and partial[0] in _TRAILER_BYTES and partial[1:2] in (b"", b"\0"):
+                # the start of a session packet header (RFC 1002 4.3.1): type, then flags 0
+                raise CheckFailure(
+                    Result.SERVICE_ERROR,
+                    f"connection closed after {len(partial)} of the {SESSION_HEADER.size} "
+                    "bytes of a session packet header",
+                ) from exc
             if partial:
                 raise CheckFailure(
                     Result.PROTOCOL_MISMATCH,

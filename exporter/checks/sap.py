@@ -113,6 +113,13 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes:
             raise CheckFailure(
                 Result.SERVICE_ERROR, "connection closed before an answer to NI_PING"
             ) from exc
+        padded = exc.partial + bytes(NI_LENGTH.size - len(exc.partial))
+        if NI_LENGTH.unpack(padded)[0] <= MAX_ANSWER_BYTES:  # the start of a plausible length
+            raise CheckFailure(
+                Result.SERVICE_ERROR,
+                f"connection closed after {len(exc.partial)} of the {NI_LENGTH.size} bytes of "
+                "an NI length",
+            ) from exc
         raise CheckFailure(
             Result.PROTOCOL_MISMATCH, f"not an SAP NI peer: it sent {quote_peer(exc.partial)}"
         ) from exc

@@ -124,6 +124,11 @@ async def _read_identification(
         context.debug("received line", length=len(line), text=quote_peer(line))
         first_line = first_line or line
         if line.startswith(b"SSH-"):
+            if not line.endswith(b"\n"):  # end of stream before the CR LF (RFC 4253 4.2)
+                raise CheckFailure(
+                    Result.SERVICE_ERROR,
+                    f"connection closed in the SSH identification string {quote_peer(line)}",
+                )
             return _parse_identification(line)
         if len(line) > MAX_LINE_BYTES or not line.endswith(b"\n"):
             break
