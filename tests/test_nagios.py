@@ -272,6 +272,9 @@ def test_target_picks_one_and_all_targets_otherwise(plugin_config: Path, sshd: S
     assert every.returncode == 2, every.stdout
     assert "1 of 2 targets OK" in every.stdout
     assert "refused: connection refused" in every.stdout
+    # the remediation follows the class: the firewall rule of the Endpoint Server → HMC flow
+    assert "must allow TCP " in every.stdout
+    assert "from the Endpoint Server to the IBM HMC" in every.stdout
     assert f"'127.0.0.1:{sshd.port} handshake'=" in every.stdout
 
 
