@@ -29,7 +29,9 @@ from dataclasses import dataclass
 
 from exporter.result import CheckResult, Result
 
-RING_SIZE = 60  # results in the strip and the sparkline: an hour at the default 60 s interval
+# Results in the strip and the sparkline: an hour at the default 60 s interval; at most 256
+# (see PairHistory).
+RING_SIZE = 60
 MINUTE_PERIOD_S = 300
 MINUTE_SLOTS = 12  # 12 x 5 min: the 1 h uptime
 HOUR_PERIOD_S = 3600
@@ -63,24 +65,27 @@ class Recent:
 class PairHistory:
     """The last results and the uptime counters of one pair (see the module docstring)."""
 
-    __slots__ = ("_data", "_written")
+    __slots__ = ("_data", "_kept", "_next")
 
     def __init__(self) -> None:
         self._data = bytearray(DATA_BYTES)
-        self._written = 0  # results ever recorded; the next ring slot is this modulo RING_SIZE
+        # Both stay below RING_SIZE (<= 256), so they are CPython's shared small ints and a
+        # pair never holds an int object of its own.
+        self._next = 0  # the ring slot the next result goes to
+        self._kept = 0  # results in the ring
 
     def record(self, result: CheckResult, finished_at: float) -> None:
         """Remember a result: into the ring, and into the uptime counters of its periods."""
         seconds = int(finished_at)
-        slot = self._written % RING_SIZE
         _ENTRY.pack_into(
             self._data,
-            slot * RING_ENTRY,
+            self._next * RING_ENTRY,
             seconds,
             _INDEX[result.result],
             result.duration_seconds,
         )
-        self._written += 1
+        self._next = (self._next + 1) % RING_SIZE
+        self._kept = min(self._kept + 1, RING_SIZE)
         if result.result is Result.EXPORTER_ERROR:
             return
         ok = 1 if result.ok else 0
@@ -98,9 +103,7 @@ class PairHistory:
 
     def recent(self) -> Iterator[Recent]:
         """The remembered results, oldest first."""
-        count = min(self._written, RING_SIZE)
-        first = self._written - count
-        for number in range(first, self._written):
+        for number in range(self._next - self._kept, self._next):
             seconds, index, latency = _ENTRY.unpack_from(
                 self._data, (number % RING_SIZE) * RING_ENTRY
             )
