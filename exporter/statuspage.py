@@ -251,6 +251,7 @@ _PAGE = """<!doctype html>
 <title>Certero flow exporter</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1em; color: #212121; }}
+p {{ overflow-wrap: anywhere; }}
 table {{ border-collapse: collapse; margin-bottom: 1em; }}
 td, th {{ border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }}
 .scroll {{ overflow-x: auto; }}
@@ -277,6 +278,8 @@ tr.role th {{ background: #eceff1; }}
   table.pairs tr.pair {{ margin: 0.5em 0; border: 1px solid #ccc; }}
   table.pairs td {{ border: none; display: flex; gap: 1em; justify-content: space-between; }}
   table.pairs td::before {{ content: attr(data-label); font-weight: bold; }}
+  table.matrix tr {{ display: flex; flex-wrap: wrap; }}
+  table.matrix th[colspan] {{ display: none; }}
 }}
 </style></head><body>
 <h1>Certero flow exporter {version}</h1>
