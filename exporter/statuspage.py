@@ -14,8 +14,9 @@ network and on a phone (the tables fold into cards on narrow screens).
 from __future__ import annotations
 
 import html
+import itertools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from exporter import __version__
 from exporter.catalogue import Role
@@ -40,6 +41,11 @@ SEVERITY: dict[Result, int] = {
     Result.OK: 3,
 }
 SPARK_WIDTH = 120
+MARK_WIDTH = 3  # pixels per result in the strip: RING_SIZE results fit in 180 px
+# A page of every pair would grow with the config (10,000 pairs, tens of MB); the worst pairs
+# are listed, the matrix counts them all.
+LISTED_PAIRS = 1000
+ROWS_PER_PART = 100
 SPARK_HEIGHT = 24
 
 
@@ -49,33 +55,65 @@ def explanation(entry: Entry) -> str:
 
 
 def render_status_page(config: Config, store: ResultStore, now: float | None = None) -> str:
-    """The whole page for the running config and the results so far."""
+    """The whole page at once (for tests and one-shot use)."""
+    return "".join(status_page_parts(config, store, now))
+
+
+def status_page_parts(
+    config: Config, store: ResultStore, now: float | None = None
+) -> Iterator[str]:
+    """The page in parts of at most ROWS_PER_PART pair rows, so that a server can yield to
+    its event loop between them; at most LISTED_PAIRS pairs are listed, worst first."""
     now = time.time() if now is None else now
     entries = list(store.entries())
     sweeps = store.sweep_entries()
     pending = len(config.jobs) - len(store) + len(config.sweeps) - len(sweeps)
-    groups = _by_destination(entries)
     failing = sum(1 for entry in entries if not entry.result.ok)
-    skipped = "".join(
-        f"<li>{html.escape(flow_id)}: {html.escape(reason)}</li>"
-        for flow_id, reason in sorted(config.skipped_flows.items())
-    )
-    return _PAGE.format(
+    source = config.source.value
+    listed = sorted(entries, key=_rank)[:LISTED_PAIRS]
+    unlisted = len(entries) - len(listed)
+    yield _HEAD.format(
         version=html.escape(__version__),
-        source=html.escape(config.source.value),
+        source=html.escape(source),
         origin=html.escape(config.origin),
         pairs=len(config.jobs),
         networks=len(config.sweeps),
         pending=pending,
         failing=failing,
         checked=len(entries),
-        matrix=_matrix(config.source.value, groups, sweeps),
-        rows="".join(_group_rows(config.source.value, role, group, now) for role, group in groups)
-        or "<tr><td colspan='11'>no pair checked yet</td></tr>",
+        matrix=_matrix(source, _by_destination(entries), sweeps),
+        listed=(
+            f"<p>The {len(listed)} worst of {len(entries)} checked pairs are listed; "
+            f"{unlisted} more are counted in the matrix above.</p>"
+            if unlisted
+            else ""
+        ),
+    )
+    rows: list[str] = []
+    for role, group in _by_destination(listed):
+        rows.append(_heading(source, role))
+        for entry in group:
+            rows.append(_pair_row(source, role, entry, now))
+            if len(rows) >= ROWS_PER_PART:
+                yield "".join(rows)
+                rows = []
+    if not listed:
+        rows.append("<tr><td colspan='11'>no pair checked yet</td></tr>")
+    yield "".join(rows)
+    skipped = "".join(
+        f"<li>{html.escape(flow_id)}: {html.escape(reason)}</li>"
+        for flow_id, reason in sorted(config.skipped_flows.items())
+    )
+    yield _TAIL.format(
         network_rows="".join(_network_row(entry, now) for entry in sweeps)
         or "<tr><td colspan='8'>no sweep completed yet</td></tr>",
         skipped=skipped or "<li>none</li>",
     )
+
+
+def _rank(entry: Entry) -> tuple[int, str, str]:
+    """Worst class first, then by flow and target."""
+    return SEVERITY[entry.result.result], entry.job.flow_id, str(entry.job.target)
 
 
 def _destination(entry: Entry) -> str:
@@ -127,12 +165,11 @@ def _matrix(
     )
 
 
-def _group_rows(source: str, role: str, group: Sequence[Entry], now: float) -> str:
-    heading = (
+def _heading(source: str, role: str) -> str:
+    return (
         f"<tr class='role' id='to-{html.escape(role)}'>"
         f"<th colspan='11'>{html.escape(source)} → {html.escape(role)}</th></tr>"
     )
-    return heading + "".join(_pair_row(source, role, entry, now) for entry in group)
 
 
 def _pair_row(source: str, role: str, entry: Entry, now: float) -> str:
@@ -183,14 +220,19 @@ def _percent(share: float | None) -> str:
 
 
 def _strip(recent: Sequence[Recent]) -> str:
-    """The last results, oldest left, one coloured mark each (class and time on hover)."""
-    marks = "".join(
-        f"<i class='r-{item.result.value}' data-result='{item.result.value}' title='"
-        f"{time.strftime('%H:%M:%S', time.gmtime(item.finished_at))} UTC "
-        f"{item.result.value} {item.latency_seconds * 1000:.1f} ms'></i>"
-        for item in recent
-    )
-    return f"<span class='strip'>{marks}</span>"
+    """The last results, oldest left: one coloured mark per run of the same class, as wide as
+    the run is long (its count, class and times on hover), so a steady flow costs one mark."""
+    marks = []
+    for result, run in itertools.groupby(recent, key=lambda item: item.result):
+        items = list(run)
+        first = time.strftime("%H:%M:%S", time.gmtime(items[0].finished_at))
+        last = time.strftime("%H:%M:%S", time.gmtime(items[-1].finished_at))
+        marks.append(
+            f"<i class='r-{result.value}' data-result='{result.value}' "
+            f"data-count='{len(items)}' style='width:{len(items) * MARK_WIDTH}px' "
+            f"title='{len(items)} x {result.value}, {first}-{last} UTC'></i>"
+        )
+    return f"<span class='strip'>{''.join(marks)}</span>"
 
 
 def _sparkline(recent: Sequence[Recent]) -> str:
@@ -245,7 +287,7 @@ def _network_row(entry: SweepEntry, now: float) -> str:
     )
 
 
-_PAGE = """<!doctype html>
+_HEAD = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Certero flow exporter</title>
@@ -263,8 +305,8 @@ tr.role th {{ background: #eceff1; }}
 .matrix td {{ text-align: center; min-width: 7em; }}
 .badge {{ font-weight: bold; cursor: pointer; }}
 .why {{ margin: 0.2em 0; max-width: 40em; }}
-.strip {{ display: inline-flex; gap: 1px; flex-wrap: wrap; max-width: 16em; }}
-.strip i {{ display: inline-block; width: 4px; height: 14px; border: 1px solid #9e9e9e; }}
+.strip {{ display: inline-flex; white-space: nowrap; }}
+.strip i {{ display: inline-block; height: 14px; border-right: 1px solid #fff; }}
 .strip i.r-ok {{ background: #43a047; }}
 .strip i.r-dns_error, .strip i.r-unreachable, .strip i.r-timeout, .strip i.r-refused
   {{ background: #e53935; }}
@@ -288,11 +330,13 @@ tr.role th {{ background: #eceff1; }}
 failing. <a href="/metrics">Metrics</a></p>
 <h2>Port table</h2>
 {matrix}
+{listed}
 <table class="pairs"><tr class="head"><th>Flow</th><th>Source → destination</th><th>Port</th>
 <th>Target</th><th>Check</th><th>Result</th><th>Latency</th><th>Checked</th><th>History</th>
 <th>Uptime 1 h / 24 h</th><th>Latency trend</th></tr>
-{rows}
-</table>
+"""
+
+_TAIL = """</table>
 <h2 id="networks">Swept networks</h2>
 <div class="scroll"><table><tr><th>Flow</th><th>Network</th><th>Check</th><th>Hosts</th><th>OK</th>
 <th>Failing</th><th>No host / filtered</th><th>Sweep</th></tr>

@@ -42,7 +42,7 @@ from exporter.result import Result
 from exporter.runner import RunOutcome, run_check
 from exporter.scheduler import Scheduler
 from exporter.selfmetrics import ExporterMetrics
-from exporter.statuspage import render_status_page
+from exporter.statuspage import status_page_parts
 from exporter.store import ResultStore
 from exporter.webauth import BasicAuth, WebSecurity, exposure_warnings, secure_app
 from exporter.webconfig import WebConfig
@@ -475,11 +475,20 @@ async def probe(request: web.Request) -> web.Response:
     return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
-async def landing_page(request: web.Request) -> web.Response:
-    """The status page (`exporter.statuspage`): the port table with each pair's history."""
+async def landing_page(request: web.Request) -> web.StreamResponse:
+    """The status page (`exporter.statuspage`): the port table with each pair's history.
+
+    Sent part by part, yielding to the event loop between parts as `/metrics` does, so that
+    a large config's page never holds up checks or scrapes for long.
+    """
     state = request.app[STATE]
-    page = render_status_page(state.config, state.store)
-    return web.Response(text=page, content_type="text/html")
+    response = web.StreamResponse(headers={"Content-Type": "text/html; charset=utf-8"})
+    await response.prepare(request)
+    for part in status_page_parts(state.config, state.store):
+        await response.write(part.encode())
+        await asyncio.sleep(0)  # a write into a free socket buffer does not yield by itself
+    await response.write_eof()
+    return response
 
 
 class _BadRequestFilter(logging.Filter):

@@ -6,7 +6,7 @@ import re
 
 from exporter.config import Config, Job, parse_config
 from exporter.result import CheckResult, Result
-from exporter.statuspage import render_status_page
+from exporter.statuspage import LISTED_PAIRS, ROWS_PER_PART, render_status_page, status_page_parts
 from exporter.store import ResultStore
 
 NOW = 1_800_000_000.0
@@ -38,7 +38,8 @@ def strip_of(page: str, flow: str, target: str) -> list[str]:
     assert row is not None, page
     strip = re.search(r"<span class='strip'>(.*?)</span>", row.group(0))
     assert strip is not None
-    return re.findall(r"data-result='(\w+)'", strip.group(1))
+    runs = re.findall(r"data-result='(\w+)' data-count='(\d+)'", strip.group(1))
+    return [result for result, count in runs for _ in range(int(count))]
 
 
 def filled_store(loaded: Config) -> ResultStore:
@@ -122,3 +123,25 @@ def test_history_survives_a_reload_that_keeps_the_pair() -> None:
     page = render_status_page(reloaded, store, NOW)
     assert strip_of(page, "ssh_hmc", "127.0.0.1:2222") == ["ok", "timeout", "timeout", "ok"]
     assert "127.0.0.2:2222" not in page
+
+
+def test_a_large_config_lists_its_worst_pairs_and_counts_all_in_the_matrix() -> None:
+    """Past LISTED_PAIRS pairs the failing ones are listed first; the matrix counts them all."""
+    networks = ", ".join(f"10.0.{block * 4}.0/22" for block in range(2))
+    loaded = parse_config(
+        f"extra_flows:\n  - {{id: many, check: tcp, port: 22, targets: [{networks}]}}\n",
+        "inline.yaml",
+    )
+    store = ResultStore(loaded.source.value)
+    for number, job in enumerate(loaded.jobs):
+        kind = Result.TIMEOUT if number % 500 == 0 else Result.OK
+        store.record(job, CheckResult(kind, 0.001, "no answer"), NOW)
+    parts = list(status_page_parts(loaded, store, NOW))
+    page = "".join(parts)
+    total = len(loaded.jobs)
+    assert total > LISTED_PAIRS
+    assert page.count("<tr class='pair") == LISTED_PAIRS
+    assert f"The {LISTED_PAIRS} worst of {total} checked pairs are listed" in page
+    assert page.count("data-result='timeout'>") == 5  # every failing pair is listed
+    assert f"{total - 5}/{total} ok, timeout" in page
+    assert max(part.count("<tr class='pair") for part in parts) <= ROWS_PER_PART

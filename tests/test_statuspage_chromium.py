@@ -50,7 +50,8 @@ def strip(page: str, flow: str) -> list[str]:
         return []
     marks = re.search(r"class=.strip.>(.*?)</span>", row.group(0), re.DOTALL)
     assert marks is not None, row.group(0)
-    return re.findall(r"data-result=.(\w+)", marks.group(1))
+    runs = re.findall(r"data-result=.(\w+). data-count=.(\d+)", marks.group(1))
+    return [result for result, count in runs for _ in range(int(count))]
 
 
 def went_down_and_came_back(marks: list[str]) -> bool:
