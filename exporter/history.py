@@ -51,6 +51,7 @@ BYTES_PER_PAIR = DATA_BYTES + 160
 _RESULTS = tuple(Result)
 _INDEX = {result: index for index, result in enumerate(_RESULTS)}
 _COUNTER_MAX = 0xFFFF
+_SECONDS_MAX = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,7 @@ class PairHistory:
 
     def record(self, result: CheckResult, finished_at: float) -> None:
         """Remember a result: into the ring, and into the uptime counters of its periods."""
-        seconds = int(finished_at)
+        seconds = min(max(int(finished_at), 0), _SECONDS_MAX)  # u32: 1970 to 2106
         _ENTRY.pack_into(
             self._data,
             self._next * RING_ENTRY,

@@ -87,6 +87,14 @@ def test_exporter_error_joins_the_strip_but_not_the_uptime() -> None:
     assert history.uptime_1h(T0 + 1) == 1.0
 
 
+def test_a_clock_outside_u32_seconds_is_clamped_not_an_error() -> None:
+    """A wall clock before 1970 or past 2106 must not make recording raise."""
+    history = PairHistory()
+    history.record(result(Result.OK), -5.0)
+    history.record(result(Result.OK), 2.0**40)
+    assert [item.finished_at for item in history.recent()] == [0, 0xFFFFFFFF]
+
+
 def test_a_full_period_counter_saturates_instead_of_wrapping() -> None:
     """65,535 results in one period keep the counter at its maximum, the share unchanged."""
     history = PairHistory()
