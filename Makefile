@@ -10,7 +10,8 @@ APT_PACKAGES = openssh-server nginx prometheus prometheus-alertmanager iptables 
 	nmap \
 	squid \
 	snmpd snmp \
-	nagios4-core
+	nagios4-core \
+	chromium
 APT_BINARIES = /usr/sbin/sshd /usr/sbin/nginx /usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager /usr/bin/amtool /usr/sbin/iptables-nft /usr/sbin/nft /usr/bin/ping /usr/bin/openssl \
 	/usr/sbin/slapd /usr/bin/ldapwhoami \
 	/usr/bin/tsql \
@@ -19,7 +20,8 @@ APT_BINARIES = /usr/sbin/sshd /usr/sbin/nginx /usr/bin/prometheus /usr/bin/promt
 	/usr/bin/nmap \
 	/usr/sbin/squid /usr/lib/squid/basic_ncsa_auth \
 	/usr/sbin/snmpd /usr/bin/snmpget \
-	/usr/sbin/nagios4
+	/usr/sbin/nagios4 \
+	/usr/bin/chromium
 
 # pysap (OWASP), the independent SAP NI client that proves tests/peers/sap_ni_fake.py. It pins
 # cryptography<49, older than the exporter's; the tests use only its NI layer, which needs scapy

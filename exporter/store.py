@@ -1,4 +1,5 @@
-"""Latest result of every (flow, target) pair, with its pre-rendered metric lines.
+"""Latest result of every (flow, target) pair, with its pre-rendered metric lines and its
+recent history for the status page (`exporter.history`, a fixed size per pair).
 
 Only the scheduler (or a one-shot run) writes; `/metrics`, the landing page and the CLI read.
 Everything runs on one event loop, so no locks are needed.
@@ -20,6 +21,7 @@ from exporter.collector import (
     render_pair,
 )
 from exporter.config import Config, FlowTemplate, Job, Sweep
+from exporter.history import PairHistory
 from exporter.result import CheckResult, Result
 from exporter.sweep import SweepTally
 
@@ -34,6 +36,7 @@ class Entry:
     finished_at: float
     history: History | None  # only for flows with `histograms: true`
     chunks: tuple[bytes, ...]
+    recent: PairHistory  # the status page's strip, sparkline and uptime
 
 
 @dataclass(slots=True)
@@ -152,7 +155,9 @@ class ResultStore:
         self._flow_latency(job.flow_id, job.check).observe(result.duration_seconds)
         labels = entry.labels if entry is not None and entry.job is job else self.labels(job)
         chunks = render_pair(labels, result, finished_at, history)
-        self._entries[job.key] = Entry(job, labels, result, finished_at, history, chunks)
+        recent = entry.recent if entry is not None else PairHistory()
+        recent.record(result, finished_at)
+        self._entries[job.key] = Entry(job, labels, result, finished_at, history, chunks, recent)
         return entry.result.result if entry is not None else None
 
     def labels(self, job: Job) -> tuple[tuple[str, str], ...]:

@@ -1,4 +1,4 @@
-"""The HTTP side: `/metrics`, `/probe`, health, reload and the flow matrix at `/`.
+"""The HTTP side: `/metrics`, `/probe`, health, reload and the status page at `/`.
 
 `make_app` is the factory; the scheduler is a background task owned by the app's cleanup
 context, cancelled and awaited on shutdown. Nothing here knows a protocol: `/probe` finds a
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import html
 import itertools
 import logging
 import signal
@@ -44,7 +43,8 @@ from exporter.result import Result
 from exporter.runner import RunOutcome, run_check
 from exporter.scheduler import Scheduler
 from exporter.selfmetrics import ExporterMetrics
-from exporter.store import ResultStore, SweepEntry
+from exporter.statuspage import status_page_parts
+from exporter.store import ResultStore
 from exporter.webauth import BasicAuth, WebSecurity, exposure_warnings, secure_app
 from exporter.webconfig import WebConfig
 
@@ -479,112 +479,20 @@ async def probe(request: web.Request) -> web.Response:
     return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
-async def landing_page(request: web.Request) -> web.Response:
-    """The flow matrix: one row per (flow, target), worst first."""
+async def landing_page(request: web.Request) -> web.StreamResponse:
+    """The status page (`exporter.statuspage`): the port table with each pair's history.
+
+    Sent part by part, yielding to the event loop between parts as `/metrics` does, so that
+    a large config's page never holds up checks or scrapes for long.
+    """
     state = request.app[STATE]
-    config = state.config
-    now = time.time()
-    rows = []
-    entries = sorted(
-        state.store.entries(), key=lambda e: (e.result.ok, e.job.flow_id, str(e.job.target))
-    )
-    for entry in entries:
-        flow = entry.job.catalogue_flow
-        destination = flow.destination.value if flow is not None else "custom"
-        result = entry.result
-        css = "ok" if result.ok else "bad"
-        rows.append(
-            "<tr class='{}'><td>{}</td><td>{} → {}</td><td>{}</td><td>{}</td><td>{}</td>"
-            "<td>{:.1f} ms</td><td>{:.0f} s ago</td><td>{}</td></tr>".format(
-                css,
-                html.escape(entry.job.flow_id),
-                html.escape(config.source.value),
-                html.escape(destination),
-                html.escape(str(entry.job.target)),
-                html.escape(entry.job.check),
-                html.escape(result.result.value),
-                result.duration_seconds * 1000,
-                now - entry.finished_at,
-                "" if result.ok else html.escape(result.detail),
-            )
-        )
-    sweeps = state.store.sweep_entries()
-    pending = len(config.jobs) - len(state.store) + len(config.sweeps) - len(sweeps)
-    network_rows = "".join(_network_row(entry, now) for entry in sweeps)
-    skipped = "".join(
-        f"<li>{html.escape(flow_id)}: {html.escape(reason)}</li>"
-        for flow_id, reason in sorted(config.skipped_flows.items())
-    )
-    page = _PAGE.format(
-        version=html.escape(__version__),
-        source=html.escape(config.source.value),
-        origin=html.escape(config.origin),
-        pairs=len(config.jobs),
-        networks=len(config.sweeps),
-        pending=pending,
-        rows="".join(rows),
-        network_rows=network_rows or "<tr><td colspan='8'>no sweep completed yet</td></tr>",
-        skipped=skipped or "<li>none</li>",
-    )
-    return web.Response(text=page, content_type="text/html")
-
-
-_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Certero flow exporter</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; }}
-td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }}
-tr.ok td {{ background: #e8f5e9; }} tr.bad td {{ background: #ffebee; }}
-</style></head><body>
-<h1>Certero flow exporter {version}</h1>
-<p>Vantage point <b>{source}</b>, config {origin}: {pairs} (flow, target) pairs and
-{networks} swept networks, {pending} not checked yet. <a href="/metrics">Metrics</a> ·
-<a href="/probe?module=ssh_hmc&amp;target=127.0.0.1:22&amp;debug=true">Probe example</a></p>
-<table><tr><th>Flow</th><th>Source → destination</th><th>Target</th><th>Check</th>
-<th>Result</th><th>Latency</th><th>Checked</th><th>Last error</th></tr>
-{rows}
-</table>
-<h2>Swept networks</h2>
-<table><tr><th>Flow</th><th>Network</th><th>Check</th><th>Hosts</th><th>OK</th>
-<th>Failing</th><th>No host / filtered</th><th>Sweep</th></tr>
-{network_rows}
-</table>
-<h2>Flows not checked from here</h2><ul>{skipped}</ul>
-</body></html>
-"""
-
-
-def _network_row(entry: SweepEntry, now: float) -> str:
-    """One swept network as one row; its worst hosts folded under the failing counts."""
-    tally = entry.tally
-    failing = ", ".join(
-        f"{count} {result.value}"
-        for result, count in tally.counts.items()
-        if count and result is not Result.OK
-    )
-    worst = "".join(
-        f"<li>{html.escape(host.host)}: {html.escape(host.result.result.value)} "
-        f"{html.escape(host.result.detail)}{'' if host.present else ' (no host)'}</li>"
-        for host in tally.worst
-    )
-    details = f"<details><summary>{html.escape(failing)}</summary><ul>{worst}</ul></details>"
-    return (
-        "<tr class='{}'><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
-        "<td>{} / {}</td><td>{:.1f} s, {:.0f} s ago</td></tr>".format(
-            "ok" if tally.ok == tally.probed else "bad",
-            html.escape(entry.sweep.flow_id),
-            html.escape(entry.sweep.network.label),
-            html.escape(entry.sweep.check),
-            tally.probed,
-            tally.ok,
-            details if failing else "none",
-            tally.absent,
-            tally.filtered,
-            tally.duration_seconds,
-            now - tally.finished_at,
-        )
-    )
+    response = web.StreamResponse(headers={"Content-Type": "text/html; charset=utf-8"})
+    await response.prepare(request)
+    for part in status_page_parts(state.config, state.store):
+        await response.write(part.encode())
+        await asyncio.sleep(0)  # a write into a free socket buffer does not yield by itself
+    await response.write_eof()
+    return response
 
 
 class _BadRequestFilter(logging.Filter):
