@@ -28,6 +28,7 @@ from exporter.report import (
     to_json,
     to_markdown,
 )
+from tests.peers import chromium
 from tests.peers.exporter import run_cli
 from tests.peers.ports import free_tcp_port
 
@@ -286,3 +287,15 @@ def test_check_formats_on_stdout(readiness: Run, fmt: str) -> None:
     else:
         assert "Rules to request from the network team" in run.stdout
         assert "127.0.0.1, 127.0.0.2" in run.stdout
+
+
+def test_chromium_renders_the_html_report(readiness: Run, tmp_path: Path) -> None:
+    """Headless Chromium loads the HTML report from a file: the rule table and the failing
+    pair's remediation are in the rendered DOM; a screenshot is kept as a test artifact."""
+    report = tmp_path / "readiness.html"
+    report.write_text(to_html(readiness.reports, readiness.networks), encoding="utf-8")
+    dom = chromium.dump_dom(report.as_uri(), tmp_path)
+    assert "Rules to request from the network team" in dom
+    assert "must allow TCP" in dom
+    assert f"127.0.0.2:{readiness.ldap_port}" in dom
+    chromium.screenshot(report.as_uri(), tmp_path / "readiness.png", 1200, 1600)
