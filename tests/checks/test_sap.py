@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +29,7 @@ from tests.peers.sap_ni_fake import (
     run_sap_ni_fake,
 )
 from tests.peers.sshd import Sshd
+from tests.peers.threaded import serving
 
 SHORT_TIMEOUT_S = 1.0
 
@@ -188,15 +188,9 @@ def pysap_ni_server() -> Iterator[int]:
 
     server = SAPNIServerThreaded((HOST, 0), SAPNIServerHandler, keep_alive=True)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        port: int = server.server_address[1]
+    port: int = server.server_address[1]
+    with serving(server, "pysap-ni-server"):
         yield port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 async def test_ok_against_pysap_ni_server() -> None:

@@ -14,8 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# How often serve_forever looks at its shutdown flag; shutdown() waits at most this long.
-_SHUTDOWN_POLL_S = 0.05
+from tests.peers.threaded import serving
 
 
 class RecordingListener(socketserver.TCPServer):
@@ -57,16 +56,5 @@ class _RecordAddress(socketserver.BaseRequestHandler):
 def run_recording_listener() -> Iterator[RecordingListener]:
     """Serve a `RecordingListener` on a thread of its own; shut it down on exit."""
     listener = RecordingListener()
-    thread = threading.Thread(
-        target=listener.serve_forever,
-        kwargs={"poll_interval": _SHUTDOWN_POLL_S},
-        name="recording-listener",
-        daemon=True,
-    )
-    thread.start()
-    try:
+    with serving(listener, "recording-listener"):
         yield listener
-    finally:
-        listener.shutdown()
-        listener.server_close()
-        thread.join()

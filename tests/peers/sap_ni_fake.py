@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+from tests.peers.threaded import serving
+
 HOST = "127.0.0.1"
 NI_PING = b"NI_PING\x00"
 NI_PONG = b"NI_PONG\x00"
@@ -128,11 +130,5 @@ def run_sap_ni_fake(mode: Mode = "pong") -> Iterator[SapNiFake]:
 
     server = Server((HOST, 0), Handler)
     fake = SapNiFake(port=server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, name="sap-ni-fake", daemon=True)
-    thread.start()
-    try:
+    with serving(server, "sap-ni-fake"):
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

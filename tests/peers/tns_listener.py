@@ -42,9 +42,10 @@ import re
 import socket
 import socketserver
 import struct
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from tests.peers.threaded import serving
 
 HOST = "127.0.0.1"
 HEADER = struct.Struct(">HHBBH")
@@ -282,11 +283,5 @@ def run_tns_listener(
     )
     server = _Server(listener)
     listener.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, name="tns-listener", daemon=True)
-    thread.start()
-    try:
+    with serving(server, "tns-listener"):
         yield listener
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

@@ -38,6 +38,8 @@ from pathlib import Path
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
+from tests.peers.threaded import serving
+
 HOST = "127.0.0.1"
 MAX_REQUEST_BYTES = 64 * 1024
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -330,11 +332,5 @@ def run_vsphere_fake(
     fake = VsphereFake(product=product, unavailable=unavailable, password=password)
     server = _Server(fake, context)
     fake.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, name="vsphere-fake", daemon=True)
-    thread.start()
-    try:
+    with serving(server, "vsphere-fake"):
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

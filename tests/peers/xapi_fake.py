@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from tests.peers.threaded import serving
+
 HOST = "127.0.0.1"
 MAX_REQUEST_BYTES = 64 * 1024
 USER = "root"
@@ -208,11 +210,5 @@ def run_xapi_fake(
     fake = XapiFake(master_address=master_address, password=password)
     server = _Server(fake, context)
     fake.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, name="xapi-fake", daemon=True)
-    thread.start()
-    try:
+    with serving(server, "xapi-fake"):
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
