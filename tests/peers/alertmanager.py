@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from typing import Any
 import yaml
 
 from tests.peers.ports import free_tcp_port
-from tests.peers.procs import log_tail, stop_process
+from tests.peers.procs import stop_process, wait_until_http_ready
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 HOST = "127.0.0.1"
@@ -55,14 +54,6 @@ class Alertmanager:
             assert int(reply.status) == 200
 
 
-def _ready(base_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base_url}/-/ready", timeout=1.0) as reply:
-            return int(reply.status) == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
 @contextlib.contextmanager
 def run_alertmanager(directory: Path, config: dict[str, Any]) -> Iterator[Alertmanager]:
     """Start Alertmanager with `config` on a free loopback port; stop it on exit.
@@ -92,15 +83,7 @@ def run_alertmanager(directory: Path, config: dict[str, Any]) -> Iterator[Alertm
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ready(base_url):
-            if proc.poll() is not None:
-                raise RuntimeError(f"alertmanager exited with {proc.returncode}:\n{log_tail(log)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"alertmanager not ready in {START_TIMEOUT_S} s:\n{log_tail(log)}"
-                )
-            time.sleep(0.1)
+        wait_until_http_ready("alertmanager", proc, f"{base_url}/-/ready", log, START_TIMEOUT_S)
         yield Alertmanager(base_url, address, log)
     finally:
         stop_process(proc)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 STOP_GRACE_S = 5.0
@@ -27,3 +30,25 @@ def log_tail(path: Path, max_chars: int = 4000) -> str:
     except OSError as exc:
         return f"<cannot read {path}: {exc}>"
     return text[-max_chars:]
+
+
+def wait_until_http_ready(
+    name: str, proc: subprocess.Popen[bytes], ready_url: str, log: Path, timeout_s: float
+) -> None:
+    """Poll `ready_url` (a Prometheus-style `/-/ready`) until it answers 200; raise with the
+    daemon's log if it exits first or is not ready within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not _answers_ok(ready_url):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_tail(log)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not ready in {timeout_s} s:\n{log_tail(log)}")
+        time.sleep(0.1)
+
+
+def _answers_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as reply:
+            return int(reply.status) == 200
+    except (OSError, urllib.error.URLError):
+        return False

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,7 +16,7 @@ from typing import Any
 import yaml
 
 from tests.peers.ports import free_tcp_port
-from tests.peers.procs import log_tail, stop_process
+from tests.peers.procs import stop_process, wait_until_http_ready
 
 PROMETHEUS = "/usr/bin/prometheus"
 HOST = "127.0.0.1"
@@ -43,14 +42,6 @@ class Prometheus:
         """The active scrape targets with their health and last error."""
         active: list[dict[str, Any]] = self.api("targets", state="active")["activeTargets"]
         return active
-
-
-def _ready(base_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base_url}/-/ready", timeout=1.0) as reply:
-            return int(reply.status) == 200
-    except (OSError, urllib.error.URLError):
-        return False
 
 
 @contextlib.contextmanager
@@ -96,13 +87,7 @@ def run_prometheus(
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ready(base_url):
-            if proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {proc.returncode}:\n{log_tail(log)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus not ready in {START_TIMEOUT_S} s:\n{log_tail(log)}")
-            time.sleep(0.1)
+        wait_until_http_ready("prometheus", proc, f"{base_url}/-/ready", log, START_TIMEOUT_S)
         yield Prometheus(base_url, log)
     finally:
         stop_process(proc)
