@@ -30,14 +30,19 @@ PYSAP = pysap==0.2.1
 
 .PHONY: run test lint typecheck pytest system-packages clean
 
-$(VENV)/.installed: pyproject.toml
+# Running needs only the exporter's own dependencies; the tests add theirs on top.
+$(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	$(VENV)/bin/pip install --quiet --no-deps $(PYSAP)
 	touch $@
 
-run: $(VENV)/.installed
+run: $(VENV)/.runtime
 	$(VENV)/bin/certero-flow-exporter serve
 
 system-packages:
