@@ -31,6 +31,7 @@ from exporter.runner import RunOutcome, run_check
 from tests.checks.fakes import (
     HOST,
     Handler,
+    drip,
     fake_server,
     sends_then_waits,
     serves_tls,
@@ -209,10 +210,7 @@ def drips(data: bytes) -> Handler:
     """A peer that is the right service but too slow: `data` a byte at a time, then silence."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for byte in data:
-            writer.write(bytes([byte]))
-            await writer.drain()
-            await asyncio.sleep(DRIP_INTERVAL_S)
+        await drip(writer, data, DRIP_INTERVAL_S)
         await wait_for_client_to_leave(reader)
 
     return handler

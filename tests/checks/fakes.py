@@ -50,6 +50,15 @@ async def wait_for_client_to_leave(reader: asyncio.StreamReader) -> None:
         pass
 
 
+async def drip(writer: asyncio.StreamWriter, data: bytes, interval_s: float) -> None:
+    """Write `data` a byte at a time, `interval_s` apart: a peer at its own slow pace, whose
+    answer only the reading side's deadline can end."""
+    for byte in data:
+        writer.write(bytes([byte]))
+        await writer.drain()
+        await asyncio.sleep(interval_s)
+
+
 def sends_then_waits(data: bytes) -> Handler:
     """A server that sends `data` at once and then holds the connection open, saying nothing."""
 

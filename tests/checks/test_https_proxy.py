@@ -13,7 +13,7 @@ from exporter.checks import CHECKS, Target
 from exporter.checks.https import HttpSettings, HttpsSettings
 from exporter.result import CheckResult, Phase, Result
 from exporter.runner import run_check
-from tests.checks.fakes import HOST, closes_at_once, fake_server, silent
+from tests.checks.fakes import HOST, closes_at_once, drip, fake_server, silent
 from tests.peers.nginx import Nginx
 from tests.peers.pki import Pki
 from tests.peers.ports import free_tcp_port
@@ -264,14 +264,11 @@ async def test_ssh_server_as_proxy_is_protocol_mismatch(pki: Pki, sshd: Sshd) ->
 async def test_slow_drip_proxy_is_bounded_by_the_timeout(pki: Pki) -> None:
     """A proxy dripping its answer byte by byte ends within the check's timeout."""
 
-    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def dripping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        for byte in b"HTTP/1.1 200 Connection established\r\n" * 1000:
-            writer.write(bytes([byte]))
-            await writer.drain()
-            await asyncio.sleep(0.01)
+        await drip(writer, b"HTTP/1.1 200 Connection established\r\n" * 1000, 0.01)
 
-    async with fake_server(drip) as proxy_port:
+    async with fake_server(dripping) as proxy_port:
         result = await _https(443, _settings(pki, _url(proxy_port)), SHORT_TIMEOUT_S)
     assert result.result is Result.TIMEOUT
     assert "did not answer CONNECT" in result.detail

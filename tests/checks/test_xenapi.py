@@ -21,7 +21,7 @@ from exporter.checks.xml_http import MAX_BODY_BYTES
 from exporter.config import parse_config
 from exporter.result import CheckResult, PeerInfo, Phase, Result
 from exporter.runner import run_check
-from tests.checks.fakes import HOST, Handler, fake_server, wait_for_client_to_leave
+from tests.checks.fakes import HOST, Handler, drip, fake_server, wait_for_client_to_leave
 from tests.peers.nginx import Nginx
 from tests.peers.pki import Pki
 from tests.peers.ports import free_tcp_port
@@ -173,10 +173,7 @@ def answers(reply: bytes, *, drip_seconds: float | None = None) -> Handler:
         if drip_seconds is None:
             writer.write(reply)
         else:
-            for byte in reply:  # the peer's own pace; the check's deadline ends the exchange
-                writer.write(bytes([byte]))
-                await writer.drain()
-                await asyncio.sleep(drip_seconds)
+            await drip(writer, reply, drip_seconds)
         await wait_for_client_to_leave(reader)
 
     return handler
