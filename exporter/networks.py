@@ -32,9 +32,8 @@ class Shard:
     def parse(cls, text: str) -> Shard:
         """`I/N` with 0 ≤ I < N, as `--shard` and `scheduler.shard` spell it."""
         index_text, sep, count_text = text.strip().partition("/")
-        if not (sep and index_text.isascii() and index_text.isdigit()):
-            raise ValueError(f"shard {text!r} must be written I/N, such as 0/2")
-        if not (count_text.isascii() and count_text.isdigit()):
+        numbers = (index_text, count_text)
+        if not (sep and all(part.isascii() and part.isdigit() for part in numbers)):
             raise ValueError(f"shard {text!r} must be written I/N, such as 0/2")
         index, count = int(index_text), int(count_text)
         if not 1 <= count <= 1024 or not 0 <= index < count:

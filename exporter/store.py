@@ -138,19 +138,12 @@ class ResultStore:
         """The last completed sweep of every network."""
         return list(self._sweeps.values())
 
-    def get_sweep(self, key: tuple[str, str]) -> SweepEntry | None:
-        """One network's last completed sweep by sweep key."""
-        return self._sweeps.get(key)
-
     def record(self, job: Job, result: CheckResult, finished_at: float) -> Result | None:
         """Store a result; return the previous result class (None for the first one)."""
         entry = self._entries.get(job.key)
-        history = entry.history if entry is not None else None
-        if job.histograms and history is None:
-            history = History.empty()
-        elif not job.histograms:
-            history = None
-        if history is not None:
+        history: History | None = None  # kept across runs, for opted-in flows only
+        if job.histograms:
+            history = entry.history if entry is not None and entry.history else History.empty()
             history.observe(result.duration_seconds)
         self._flow_latency(job.flow_id, job.check).observe(result.duration_seconds)
         labels = entry.labels if entry is not None and entry.job is job else self.labels(job)
