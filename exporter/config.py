@@ -1054,12 +1054,16 @@ class _Resolver:
             override.description if isinstance(override, ExtraFlow) else "",
         )
         self.templates[flow_id] = template
-        sweeps = self._sweeps(template, override, endpoints, endpoints_path, path)
-        singles = [
-            endpoint
-            for endpoint in endpoints
-            if endpoint.hosts_of is None or not self._sweeps_networks(override, flow)
-        ]
+        sweeping = self._sweeps_networks(override, flow)
+        sweeps = self._sweeps(
+            template,
+            override,
+            sweeping=sweeping,
+            endpoints=endpoints,
+            endpoints_path=endpoints_path,
+            path=path,
+        )
+        singles = [endpoint for endpoint in endpoints if not sweeping or endpoint.hosts_of is None]
         scheduler = self.config.scheduler
         self.pairs += sum(_pair_count(endpoint, scheduler) for endpoint in singles)
         self.pairs += sum(
@@ -1104,12 +1108,13 @@ class _Resolver:
         self,
         template: FlowTemplate,
         override: FlowOverride,
+        *,
+        sweeping: bool,
         endpoints: list[Endpoint],
         endpoints_path: tuple[str | int, ...],
         path: tuple[str | int, ...],
     ) -> list[Sweep]:
         """The flow's sweeps, one per distinct network; the size limits checked where written."""
-        sweeping = self._sweeps_networks(override, template.catalogue_flow)
         scheduler = self.config.scheduler
         limit_name, limit = (
             ("max_hosts_per_sweep", scheduler.max_hosts_per_sweep)
